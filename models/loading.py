@@ -1,0 +1,35 @@
+"""Models loaded once per process, keyed by (weights SHA-256, device)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from models.checkpoint import resolve_device
+from models.weights import require, sha256_file
+
+
+@functools.lru_cache(maxsize=4)
+def _load(kind: str, path: str, digest: str, device: str) -> torch.nn.Module:
+    if kind == "wav2lip":
+        from models.wav2lip import load_wav2lip
+
+        return load_wav2lip(path, device)
+    if kind == "gfpgan":
+        from models.restorer import load_gfpgan
+
+        return load_gfpgan(path, device)
+    if kind == "s3fd":
+        from models.s3fd import load_s3fd
+
+        return load_s3fd(path, device)
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def get_model(kind: str, weight_name: str, device: str | torch.device | None = None
+              ) -> tuple[torch.nn.Module, str, torch.device]:
+    """(model, weights SHA-256, device) for an official weight file in the models directory."""
+    path = require(weight_name)
+    dev = resolve_device(device)
+    digest = sha256_file(path)
+    return _load(kind, str(path), digest, str(dev)), digest, dev

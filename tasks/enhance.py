@@ -1,0 +1,75 @@
+"""Stage 4: GFPGAN on the faces of every frame of one chunk; the rest of the frame is untouched."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from core.media import FrameWriter, read_video_file_frames
+from core.progress import Progress
+from models.restorer import MIN_EYE_DISTANCE, align_face, eye_distance, paste_face, restore_faces
+from models.weights import GFPGAN_FILES
+from tasks.faces import FaceTrack
+from tasks.split import Chunk
+
+
+@dataclass(frozen=True)
+class EnhanceOptions:
+    gfpgan_version: str = "1.4"
+    blend: float = 1.0          # 1: restored face only; 0: original face
+    upscale: int = 1            # 1 or 2 (background upscaled with Lanczos)
+    face_batch: int = 4         # faces per network call
+    precision: str = "fp32"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.gfpgan_version not in GFPGAN_FILES:
+            raise ValueError(f"gfpgan_version must be one of {sorted(GFPGAN_FILES)}")
+        if not 0.0 <= self.blend <= 1.0:
+            raise ValueError("blend must be between 0 and 1")
+        if self.upscale not in (1, 2):
+            raise ValueError("upscale must be 1 or 2")
+
+
+def enhance_chunk(chunk: Chunk, faces_path: str, n_source: int, width: int, height: int,
+                  out_dir: str | Path, opts: EnhanceOptions = EnhanceOptions()) -> Chunk:
+    """Restore every face of ``chunk``'s frames; write the enhanced chunk (lossless) to ``out_dir``."""
+    from models.loading import get_model
+
+    net, _, device = get_model("gfpgan", GFPGAN_FILES[opts.gfpgan_version], opts.device)
+    track = FaceTrack.load(faces_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_path = out_dir / Path(chunk.path).name
+    u = opts.upscale
+    progress = Progress(f"enhance chunk {chunk.index}", chunk.n_frames)
+    pending: list[tuple[np.ndarray, list]] = []  # frames waiting for their faces' batch
+    with FrameWriter(out_path, width * u, height * u, fps=25, codec="ffv1") as writer:
+        for j, frame in enumerate(read_video_file_frames(chunk.path, width, height)):
+            src = (chunk.start + j) % n_source
+            aligned = [align_face(frame, lm) for lm in track.faces_at(src) if eye_distance(lm) >= MIN_EYE_DISTANCE]
+            pending.append((frame, aligned))
+            if sum(len(a) for _, a in pending) >= opts.face_batch:
+                _flush(net, device, pending, writer, opts)
+                progress.update(len(pending))
+                pending = []
+        if pending:
+            _flush(net, device, pending, writer, opts)
+            progress.update(len(pending))
+    if writer.count != chunk.n_frames:
+        raise RuntimeError(f"{chunk.path}: enhanced {writer.count} frames, expected {chunk.n_frames}")
+    return Chunk(str(out_path), chunk.index, chunk.start, chunk.n_frames)
+
+
+def _flush(net, device, pending: list, writer: FrameWriter, opts: EnhanceOptions) -> None:
+    crops = [crop for _, aligned in pending for crop, _ in aligned]
+    restored = iter(restore_faces(net, crops, device, opts.blend, opts.precision))
+    for frame, aligned in pending:
+        canvas = frame if opts.upscale == 1 else cv2.resize(
+            frame, None, fx=opts.upscale, fy=opts.upscale, interpolation=cv2.INTER_LANCZOS4)
+        canvas = canvas.copy()
+        for _, m in aligned:
+            paste_face(canvas, next(restored), m, opts.upscale)
+        writer.write(canvas)

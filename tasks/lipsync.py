@@ -1,0 +1,147 @@
+"""Stage 1: audio + video -> low-quality synced video (lossless FFV1 + FLAC) and the face track."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from core.media import FrameWriter, VideoInfo, decode_audio, iter_frames, probe_audio, probe_video, read_still
+from core.progress import Progress, get_logger
+from models.audio import frame_count, mel_windows, melspectrogram
+from models.restorer import autocast
+from models.wav2lip import FACE_SIZE
+from tasks.faces import FaceTrack, track_faces
+
+
+@dataclass(frozen=True)
+class LipsyncOptions:
+    checkpoint: str = "wav2lip_gan.pth"
+    still_fps: float = 25.0
+    pads: tuple[int, int, int, int] = (0, 10, 0, 0)
+    smooth: bool = True
+    on_no_face: str = "pass"          # "pass": frame unchanged; "fail": abort
+    batch_size: int = 32
+    detector: str = "centerface"
+    detect_max_side: int = 640
+    precision: str = "fp32"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class SyncedVideo:
+    """The stage's product: where it is and what the later stages need to know."""
+
+    video: str
+    faces: str
+    fps_num: int
+    fps_den: int
+    n_frames: int       # output frames (cover the audio)
+    n_source: int       # frames of the input video (output frame i shows source frame i % n_source)
+    width: int
+    height: int
+
+    @property
+    def fps(self) -> float:
+        return self.fps_num / self.fps_den
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lipsync(audio: str, video: str, out_dir: str | Path, opts: LipsyncOptions = LipsyncOptions()
+            ) -> SyncedVideo:
+    """Run Wav2Lip over ``video`` driven by ``audio``; write ``synced.mkv`` and ``faces.npz`` in ``out_dir``."""
+    from models.loading import get_model
+
+    log = get_logger()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = probe_video(video, still_fps=opts.still_fps)
+    probe_audio(audio)
+    if info.vfr:
+        log.info("video %s has a variable frame rate: resampled to a constant %.3f fps by its timestamps",
+                 video, float(info.fps))
+    wav = decode_audio(audio)
+    mel = melspectrogram(wav)
+    n_out = frame_count(len(wav), info.fps)
+    windows = mel_windows(mel, n_out, info.fps)
+    model, _, device = get_model("wav2lip", opts.checkpoint, opts.device)
+
+    track = track_faces(info, opts.pads, opts.smooth, opts.on_no_face, opts.detect_max_side,
+                        opts.detector, opts.device)
+    n_src = track.n_frames
+    if not track.present.any():
+        log.warning("video %s: no face found in any frame; the output shows it unchanged", video)
+    log.info("lip-sync: %d source frames -> %d output frames at %.3f fps", n_src, n_out, float(info.fps))
+
+    faces_path = track.save(out_dir / "faces.npz")
+    progress = Progress("lip-sync", n_out)
+    out_path = out_dir / "synced.mkv"
+    with FrameWriter(out_path, info.width, info.height, info.fps, codec="ffv1", audio=audio,
+                     audio_codec="flac") as writer:
+        batch: list[tuple[np.ndarray, int]] = []
+        for i, frame in enumerate(_looped_frames(info, n_src, n_out)):
+            batch.append((frame, i))
+            if len(batch) == opts.batch_size:
+                _sync_batch(model, device, batch, track, windows, n_src, writer, opts.precision)
+                progress.update(len(batch))
+                batch = []
+        if batch:
+            _sync_batch(model, device, batch, track, windows, n_src, writer, opts.precision)
+            progress.update(len(batch))
+    if writer.count != n_out:
+        raise RuntimeError(f"lip-sync wrote {writer.count} frames, expected {n_out}")
+    return SyncedVideo(str(out_path), str(faces_path), info.fps.numerator, info.fps.denominator, n_out,
+                       n_src, info.width, info.height)
+
+
+def _looped_frames(info: VideoInfo, n_src: int, n_out: int) -> Iterator[np.ndarray]:
+    """Frames 0..n_out-1 where output frame i is source frame i mod n_src (decoding again per loop)."""
+    if info.is_still:
+        still = read_still(info.path)
+        for _ in range(n_out):
+            yield still
+        return
+    emitted = 0
+    while emitted < n_out:
+        for j, frame in enumerate(iter_frames(info)):
+            if j >= n_src or emitted >= n_out:
+                break
+            yield frame
+            emitted += 1
+
+
+def prepare_faces(crops: list[np.ndarray]) -> torch.Tensor:
+    """(B, 6, 96, 96) model input: the face with its lower half blanked, then the face, in [0, 1]."""
+    faces = np.stack([cv2.resize(c, (FACE_SIZE, FACE_SIZE)) for c in crops])
+    masked = faces.copy()
+    masked[:, FACE_SIZE // 2:] = 0
+    x = np.concatenate([masked, faces], axis=3).astype(np.float32) / 255.0
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+
+def _sync_batch(model, device, batch, track: FaceTrack, windows: np.ndarray, n_src: int,
+                writer: FrameWriter, precision: str) -> None:
+    work = [(k, idx % n_src) for k, (_, idx) in enumerate(batch) if track.present[idx % n_src]]
+    frames = [f for f, _ in batch]
+    if work:
+        crops, boxes = [], []
+        for k, src in work:
+            x1, y1, x2, y2 = (int(v) for v in track.boxes[src])
+            crops.append(frames[k][y1:y2, x1:x2])
+            boxes.append((x1, y1, x2, y2))
+        faces = prepare_faces(crops).to(device)
+        mels = torch.from_numpy(windows[[batch[k][1] for k, _ in work]][:, None]).to(device)
+        with torch.inference_mode(), autocast(device, precision):
+            pred = model(mels, faces)
+        pred = (pred.float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
+        for (k, _), p, (x1, y1, x2, y2) in zip(work, pred, boxes):
+            out = frames[k].copy()
+            out[y1:y2, x1:x2] = cv2.resize(p, (x2 - x1, y2 - y1))
+            frames[k] = out
+    for f in frames:
+        writer.write(f)
