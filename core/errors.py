@@ -8,3 +8,19 @@ class InputError(ValueError):
 
 class NoFaceError(InputError):
     """A frame without a detectable face while the user asked to fail on such frames."""
+
+
+def is_retryable(exc: BaseException | None) -> bool:
+    """Transient failures (storage, network, resources) are worth retrying; bad input never is."""
+    if exc is None:
+        return False
+    return not isinstance(exc, (InputError, KeyboardInterrupt, TypeError, NotImplementedError))
+
+
+def retry_unless_bad_input(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry only what :func:`is_retryable` accepts."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as err:  # the state's result itself may be unreadable
+        exc = err
+    return is_retryable(exc if isinstance(exc, BaseException) else None)

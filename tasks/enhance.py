@@ -1,14 +1,16 @@
 """Stage 4: GFPGAN on the faces of every frame of one chunk; the rest of the frame is untouched."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from core.media import FrameWriter, read_video_file_frames
+from core.prefect_task import stage_task
 from core.progress import Progress
+from core.workarea import WorkArea, run_stage
 from models.restorer import MIN_EYE_DISTANCE, align_face, eye_distance, paste_face, restore_faces
 from models.weights import GFPGAN_FILES
 from tasks.faces import FaceTrack
@@ -73,3 +75,24 @@ def _flush(net, device, pending: list, writer: FrameWriter, opts: EnhanceOptions
         for _, m in aligned:
             paste_face(canvas, next(restored), m, opts.upscale)
         writer.write(canvas)
+
+
+VERSION = "1"
+
+
+@stage_task("enhance_chunk", task_run_name="enhance_chunk-{chunk[index]}")
+def enhance_task(chunk: dict, synced: dict, opts: EnhanceOptions, work_root: str) -> dict:
+    """One chunk's enhancement, content-keyed per chunk: a resumed job redoes only unfinished chunks."""
+    from models.checkpoint import resolve_device
+    from models.weights import require, sha256_file
+
+    parts = {"chunk": chunk["key"], "opts": asdict(opts), "device": resolve_device(opts.device).type,
+             "weights": sha256_file(require(GFPGAN_FILES[opts.gfpgan_version]))}
+    src = Chunk(chunk["path"], chunk["index"], chunk["start"], chunk["n_frames"])
+
+    def produce(out_dir: Path) -> dict:
+        done = enhance_chunk(src, synced["faces"], synced["n_source"], synced["width"], synced["height"],
+                             out_dir, opts)
+        return done.to_dict()
+
+    return run_stage(WorkArea(work_root), "enhance", VERSION, parts, produce)

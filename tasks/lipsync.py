@@ -10,7 +10,10 @@ import numpy as np
 import torch
 
 from core.media import FrameWriter, VideoInfo, decode_audio, iter_frames, probe_audio, probe_video, read_still
+from core.prefect_task import stage_task
 from core.progress import Progress, get_logger
+from core.storage import local_copy
+from core.workarea import WorkArea, run_stage
 from models.audio import frame_count, mel_windows, melspectrogram
 from models.restorer import autocast
 from models.wav2lip import FACE_SIZE
@@ -145,3 +148,24 @@ def _sync_batch(model, device, batch, track: FaceTrack, windows: np.ndarray, n_s
             frames[k] = out
     for f in frames:
         writer.write(f)
+
+
+VERSION = "1"
+
+
+@stage_task("lipsync")
+def lipsync_task(job: dict, opts: LipsyncOptions, work_root: str) -> dict:
+    """Lip-sync stage, content-keyed: reused when audio, video, options and weights are unchanged."""
+    from models.checkpoint import resolve_device
+    from models.weights import require, sha256_file
+
+    parts = {"audio": job["audio_sha256"], "video": job["video_sha256"], "opts": asdict(opts),
+             "weights": sha256_file(require(opts.checkpoint)), "device": resolve_device(opts.device).type}
+    if opts.detector == "s3fd":
+        parts["detector_weights"] = sha256_file(require("s3fd-619a316812.pth"))
+
+    def produce(out_dir: Path) -> dict:
+        with local_copy(job["audio"], "audio") as a, local_copy(job["video"], "video") as v:
+            return lipsync(a, v, out_dir, opts).to_dict()
+
+    return run_stage(WorkArea(work_root), "lipsync", VERSION, parts, produce)

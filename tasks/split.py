@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.media import count_frames, run_ffmpeg
+from core.prefect_task import stage_task
+from core.workarea import WorkArea, run_stage
 
 
 @dataclass(frozen=True)
@@ -46,3 +48,17 @@ def split_video(video: str, n_frames: int, out_dir: str | Path, chunk_frames: in
             raise RuntimeError(f"chunk {path} has {got} frames, expected {b - a}")
         chunks.append(Chunk(str(path), k, a, b - a))
     return chunks
+
+
+VERSION = "1"
+
+
+@stage_task("split_video")
+def split_task(synced: dict, chunk_frames: int, work_root: str) -> list[dict]:
+    def produce(out_dir: Path) -> dict:
+        chunks = split_video(synced["video"], synced["n_frames"], out_dir, chunk_frames)
+        return {"chunks": [c.to_dict() for c in chunks]}
+
+    done = run_stage(WorkArea(work_root), "split", VERSION,
+                     {"synced": synced["key"], "chunk_frames": chunk_frames}, produce)
+    return [dict(c, key=f"{done['key']}/{c['index']}") for c in done["chunks"]]
