@@ -54,8 +54,11 @@ def check_output(url: str, inputs: list[str]) -> None:
             raise InputError(f"output {url}: is a directory; give a file name such as {out / 'out.mp4'}")
         if not parent.is_dir():
             raise InputError(f"output {url}: its directory {parent} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise InputError(f"output {url}: its directory {parent} is not writable")
+        try:  # a real write: permission bits say nothing about read-only mounts or root
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".probe"):
+                pass
+        except OSError as exc:
+            raise InputError(f"output {url}: its directory {parent} is not writable ({exc.strerror})") from exc
     elif url in inputs:
         raise InputError(f"output {url}: is the same object as an input; choose another output URL")
 

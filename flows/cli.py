@@ -115,10 +115,18 @@ def _run(args: argparse.Namespace) -> int:
     # the local (ephemeral) Prefect server needs more than its default 20 s to start on small machines
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from core.errors import InputError
-    from flows.lipsync_hq import lipsync_hq
+    from models.weights import GFPGAN_FILES, require
+    from tasks.probe import validate_job
 
     params = {k: v for k, v in vars(args).items() if k not in {"command"}}
     try:
+        # fail fast, before the flow's local server starts: bad inputs and missing weights
+        validate_job(args.audio, args.video, args.output, args.still_fps)
+        require(args.checkpoint)
+        if args.enhance:
+            require(GFPGAN_FILES[args.gfpgan_version])
+        from flows.lipsync_hq import lipsync_hq
+
         out = lipsync_hq(**params)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -34,12 +34,12 @@ def split_video(video: str, n_frames: int, out_dir: str | Path, chunk_frames: in
     bounds = chunk_bounds(n_frames, chunk_frames)
     pattern = out_dir / "chunk_%05d.mkv"
     cuts = ",".join(str(a) for a, _ in bounds[1:])
-    args = ["-i", video, "-map", "0:v:0", "-c:v", "copy", "-f", "segment", "-reset_timestamps", "1"]
+    args = ["-i", video, "-map", "0:v:0", "-c:v", "copy"]
     if cuts:
-        args += ["-segment_frames", cuts]
-    else:
-        args += ["-segment_time", "1e9"]
-    run_ffmpeg([*args, str(pattern)], f"splitting {video} into chunks")
+        args += ["-f", "segment", "-reset_timestamps", "1", "-segment_frames", cuts, str(pattern)]
+    else:  # one chunk: a plain copy (the segment muxer needs at least one cut)
+        args += [str(out_dir / "chunk_00000.mkv")]
+    run_ffmpeg(args, f"splitting {video} into chunks")
     chunks = []
     for k, (a, b) in enumerate(bounds):
         path = out_dir / f"chunk_{k:05d}.mkv"

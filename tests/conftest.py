@@ -1,0 +1,120 @@
+"""Shared fixtures: random-weight checkpoints in the official layout, and media the tests make."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.checkpoints import make_gfpgan_checkpoint, make_wav2lip_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MEDIA = REPO.parent / "shared" / "media"
+HAVE_MEDIA = (SHARED_MEDIA / "talk_25fps_844.mp4").is_file()
+needs_media = pytest.mark.skipif(not HAVE_MEDIA, reason=f"real test media not present at {SHARED_MEDIA}")
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def ffmpeg(*args: str) -> None:
+    from core.media import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """WAV2LIP_HQ_MODELS_DIR holding random-weight files under their official names."""
+    d = tmp_path_factory.mktemp("models")
+    make_wav2lip_checkpoint(d / "wav2lip_gan.pth", seed=1)
+    make_gfpgan_checkpoint(d / "GFPGANv1.4.pth", seed=2)
+    old = os.environ.get("WAV2LIP_HQ_MODELS_DIR")
+    os.environ["WAV2LIP_HQ_MODELS_DIR"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("WAV2LIP_HQ_MODELS_DIR", None)
+    else:
+        os.environ["WAV2LIP_HQ_MODELS_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (SQLite) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def astronaut_bgr() -> np.ndarray:
+    from skimage import data
+
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+def make_speech_like(path: Path, seconds: float, rate: int = 44100, seed: int = 0) -> Path:
+    """A voiced-speech-like signal: harmonics of a wandering pitch under a syllable envelope."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12))
+    envelope = np.clip(np.sin(2 * np.pi * 3.0 * t), 0, None) ** 0.5
+    sig = 0.25 * voice * envelope + 0.01 * rng.standard_normal(t.size)
+    stereo = np.stack([sig, 0.9 * sig], axis=1)
+    pcm = (np.clip(stereo, -1, 1) * 32767).astype("<i2")
+    raw = path.with_suffix(".raw")
+    raw.write_bytes(pcm.tobytes())
+    ffmpeg("-f", "s16le", "-ar", str(rate), "-ac", "2", "-i", str(raw), str(path))
+    raw.unlink()
+    return path
+
+
+def make_face_clip(path: Path, seconds: float, fps: int = 25, size: int = 384) -> Path:
+    """A talking-head-like clip from the astronaut photo: a slow drift and zoom, H.264 + AAC."""
+    img = astronaut_bgr()
+    n = int(round(seconds * fps))
+    raw = path.with_suffix(".bgr")
+    with open(raw, "wb") as f:
+        for i in range(n):
+            s = 1.0 + 0.02 * np.sin(i / 7)
+            m = np.array([[s, 0, 4 * np.sin(i / 5)], [0, s, 3 * np.cos(i / 6)]], np.float32)
+            frame = cv2.warpAffine(img, m, (512, 512), borderMode=cv2.BORDER_REFLECT)
+            f.write(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA).tobytes())
+    ffmpeg("-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{size}x{size}", "-r", str(fps), "-i", str(raw),
+           "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
+           "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "12",
+           "-c:a", "aac", "-shortest", str(path))
+    raw.unlink()
+    return path
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def speech(media_dir) -> Path:
+    """Real speech when the shared media exist, else a generated speech-like signal (44.1 kHz stereo)."""
+    if HAVE_MEDIA:
+        return SHARED_MEDIA / "speech_44k_stereo.wav"
+    return make_speech_like(media_dir / "speech.wav", 5.0)
+
+
+@pytest.fixture(scope="session")
+def face_clip(media_dir) -> Path:
+    """A real 25 fps talking-face clip when present, else a generated one."""
+    if HAVE_MEDIA:
+        return SHARED_MEDIA / "talk_25fps_844.mp4"
+    return make_face_clip(media_dir / "face.mp4", 3.0)
+
+
+@pytest.fixture(scope="session")
+def portrait(media_dir) -> Path:
+    path = media_dir / "astronaut.png"
+    cv2.imwrite(str(path), astronaut_bgr())
+    return path

@@ -1,0 +1,372 @@
+"""Tests for models/face_detection.py (CenterFace detection, decoding, smoothing helpers) and the
+face tracks of tasks/faces.py."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from core.errors import NoFaceError
+from core.media import iter_frames, probe_video
+from models.face_detection import (
+    Face,
+    decode_centerface,
+    main_face,
+    pad_box,
+    runs,
+    smooth_centered,
+    smooth_forward,
+)
+from tasks.faces import FaceTrack, track_faces
+from tests.media_fixtures import astronaut_bgr, centerface, media_file, requires_media, write_video  # noqa: F401
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def _assert_plausible_face(face: Face, frame_shape) -> None:
+    h, w = frame_shape[:2]
+    x1, y1, x2, y2 = face.box
+    assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+    lm = face.landmarks
+    assert lm.shape == (5, 2)
+    assert np.all((lm[:, 0] >= x1) & (lm[:, 0] <= x2) & (lm[:, 1] >= y1) & (lm[:, 1] <= y2)), (face.box, lm)
+    (lex, ley), (rex, rey), (nx, ny), (lmx, lmy), (rmx, rmy) = lm
+    assert lex < rex and lmx < rmx            # image-left eye / mouth corner first
+    assert ley < ny and rey < ny              # eyes above the nose
+    assert ny < lmy and ny < rmy              # nose above the mouth corners
+    assert lex < nx < rex                     # nose between the eyes (frontal face)
+
+
+# ------------------------------------------------------------------------------------ detection
+@pytest.fixture(scope="module")
+def astronaut():
+    return astronaut_bgr()
+
+
+def test_astronaut_one_face(centerface, astronaut):
+    faces = centerface(astronaut)
+    assert len(faces) == 1
+    f = faces[0]
+    assert f.box.dtype == np.float32 and f.landmarks.dtype == np.float32
+    assert 0.5 < f.score <= 1.0
+    _assert_plausible_face(f, astronaut.shape)
+    # her face is in the upper middle of the 512x512 photo, roughly 90 px wide
+    x1, y1, x2, y2 = f.box
+    assert 150 < x1 < 210 and 30 < y1 < 90 and 240 < x2 < 300 and 150 < y2 < 210
+    assert main_face(faces, astronaut.shape) == 0
+
+
+@pytest.mark.parametrize("layout", ["wide_canvas", "tall_canvas", "upscaled"])
+def test_detection_maps_back_to_frame_pixels(centerface, astronaut, layout):
+    """Frames whose sides are not multiples of 32, or that get downscaled, map back to frame pixels."""
+    ref = centerface(astronaut)[0]
+    if layout == "wide_canvas":
+        frame = np.zeros((512, 900, 3), np.uint8)
+        frame[:, 300:812] = astronaut
+        off, scale = np.array([300, 0]), 1.0
+    elif layout == "tall_canvas":
+        frame = np.zeros((700, 512, 3), np.uint8)
+        frame[150:662] = astronaut
+        off, scale = np.array([0, 150]), 1.0
+    else:
+        frame = np.repeat(np.repeat(astronaut, 2, axis=0), 2, axis=1)  # 1024 > max_side 640
+        off, scale = np.array([0, 0]), 2.0
+    faces = centerface(frame)
+    assert len(faces) == 1
+    _assert_plausible_face(faces[0], frame.shape)
+    box = (faces[0].box - np.tile(off, 2)) / scale
+    assert _iou(box, ref.box) > 0.85, (box, ref.box)
+    lms = (faces[0].landmarks - off) / scale
+    assert np.max(np.linalg.norm(lms - ref.landmarks, axis=1)) < 6.0
+
+
+@pytest.mark.parametrize("kind", ["grey", "black", "noise"])
+def test_no_face(centerface, kind):
+    if kind == "grey":
+        frame = np.full((480, 640, 3), 128, np.uint8)
+    elif kind == "black":
+        frame = np.zeros((360, 360, 3), np.uint8)
+    else:
+        frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    faces = centerface(frame)
+    assert faces == []
+    assert main_face(faces, frame.shape) is None
+
+
+def _sample_frames(path, n_samples=5):
+    info = probe_video(path)
+    wanted = set(np.linspace(0, info.n_frames - 1, n_samples).round().astype(int).tolist())
+    out = []
+    frames = iter_frames(info)
+    try:
+        for i, frame in enumerate(frames):
+            if i in wanted:
+                out.append((i, frame))
+            if i >= max(wanted):
+                break
+    finally:
+        frames.close()
+    assert len(out) == len(wanted)
+    return info, out
+
+
+@requires_media
+@pytest.mark.parametrize("name", ["talk_25fps_844.mp4", "talk_vfr_700.mp4"])
+def test_real_clips_face_in_every_sampled_frame(centerface, name):
+    info, frames = _sample_frames(media_file(name))
+    for i, frame in frames:
+        assert frame.shape == (info.height, info.width, 3)
+        faces = centerface(frame)
+        k = main_face(faces, frame.shape)
+        assert k is not None, f"{name}: no face in frame {i}"
+        f = faces[k]
+        x1, y1, x2, y2 = f.box
+        assert (x2 - x1) > 0.1 * info.width, f"{name} frame {i}: implausibly small face {f.box}"
+        assert np.all((f.landmarks[:, 0] >= x1) & (f.landmarks[:, 0] <= x2)
+                      & (f.landmarks[:, 1] >= y1) & (f.landmarks[:, 1] <= y2)), (name, i, f.box, f.landmarks)
+
+
+# ------------------------------------------------------------------------------ decode_centerface
+def _maps(h=8, w=8):
+    return (np.zeros((h, w), np.float32), np.zeros((2, h, w), np.float32),
+            np.zeros((2, h, w), np.float32), np.zeros((10, h, w), np.float32))
+
+
+LM_X = [0.3, 0.7, 0.5, 0.35, 0.65]   # landmark x in box widths from the box's left edge
+LM_Y = [0.4, 0.4, 0.6, 0.8, 0.8]     # landmark y in box heights from the box's top edge
+
+
+def _hot_cell(maps, y, x, score, height, width, dy, dx):
+    heat, size, offset, lms = maps
+    heat[y, x] = score
+    size[0, y, x] = math.log(height / 4)   # docstring: log(height / 4), log(width / 4)
+    size[1, y, x] = math.log(width / 4)
+    offset[0, y, x], offset[1, y, x] = dy, dx
+    for k in range(5):
+        lms[2 * k, y, x] = LM_Y[k]        # channels alternate (y, x)
+        lms[2 * k + 1, y, x] = LM_X[k]
+
+
+def test_decode_centerface_one_hot_cell_by_hand():
+    maps = _maps()
+    _hot_cell(maps, 3, 5, 0.9, height=40, width=32, dy=0.25, dx=-0.5)
+    faces = decode_centerface(*maps, threshold=0.5, nms_iou=0.3)
+    assert len(faces) == 1
+    f = faces[0]
+    # centre: cy = (3 + 0.25 + 0.5) * 4 = 15, cx = (5 - 0.5 + 0.5) * 4 = 20; box 32 wide, 40 high
+    np.testing.assert_allclose(f.box, [4.0, -5.0, 36.0, 35.0], atol=1e-4)
+    # landmarks: x = 4 + 32 * LM_X, y = -5 + 40 * LM_Y
+    expected = np.array([[13.6, 11.0], [26.4, 11.0], [20.0, 19.0], [15.2, 27.0], [24.8, 27.0]])
+    np.testing.assert_allclose(f.landmarks, expected, atol=1e-4)
+    assert f.score == pytest.approx(0.9, abs=1e-6)
+
+
+def test_decode_centerface_nms_and_order():
+    maps = _maps()
+    _hot_cell(maps, 0, 1, 0.7, height=8, width=8, dy=0.0, dx=0.0)     # small, far away, listed first
+    _hot_cell(maps, 3, 5, 0.9, height=40, width=32, dy=0.25, dx=-0.5)
+    _hot_cell(maps, 3, 6, 0.8, height=40, width=32, dy=0.25, dx=-0.5)  # same face, 4 px right: duplicate
+    faces = decode_centerface(*maps, threshold=0.5, nms_iou=0.3)
+    assert [round(f.score, 3) for f in faces] == [0.9, 0.7]
+    np.testing.assert_allclose(faces[0].box, [4, -5, 36, 35], atol=1e-4)
+    np.testing.assert_allclose(faces[1].box, [2, -2, 10, 6], atol=1e-4)  # centre (6, 2), 8x8
+
+
+def test_decode_centerface_threshold_is_strict():
+    maps = _maps()
+    _hot_cell(maps, 2, 2, 0.5, height=16, width=16, dy=0, dx=0)
+    assert decode_centerface(*maps, threshold=0.5, nms_iou=0.3) == []
+    assert len(decode_centerface(*maps, threshold=0.49, nms_iou=0.3)) == 1
+
+
+# ----------------------------------------------------------------------------- selection and boxes
+def _face(box):
+    return Face(np.asarray(box, np.float32), np.zeros((5, 2), np.float32), 0.9)
+
+
+def test_main_face_weighs_area_by_centrality():
+    shape = (100, 100, 3)
+    corner = _face([0, 0, 40, 40])           # area 1600, 0.3 of the diagonal off centre -> 1120
+    centre_small = _face([35, 35, 65, 65])   # area 900, centred -> 900
+    centre_big = _face([30, 30, 70, 70])     # area 1600, centred -> 1600
+    assert main_face([centre_small, corner], shape) == 1
+    assert main_face([corner, centre_small, centre_big], shape) == 2
+    assert main_face([], shape) is None
+
+
+def test_pad_box_applies_pads_and_clamps():
+    shape = (100, 120, 3)
+    np.testing.assert_array_equal(pad_box(np.array([50, 40, 60, 50]), (1, 2, 3, 4), shape), [47, 39, 64, 52])
+    # (top, bottom, left, right) pushing past every edge: clamped to the frame
+    np.testing.assert_array_equal(pad_box(np.array([5, 8, 90, 95]), (10, 20, 7, 30), shape), [0, 0, 120, 100])
+    assert pad_box(np.array([5, 8, 90, 95]), (0, 10, 0, 0), shape).dtype == np.float64
+
+
+def test_runs():
+    p = np.array([False, True, True, False, True, False, False, True, True, True])
+    assert runs(p) == [(1, 3), (4, 5), (7, 10)]
+    assert runs(np.zeros(4, bool)) == []
+    assert runs(np.ones(3, bool)) == [(0, 3)]
+    assert runs(np.array([], bool)) == []
+
+
+def _ref_forward(values, present, window=5):
+    out = values.copy()
+    for a, b in runs(present):
+        n = b - a
+        for i in range(n):
+            lo = i if i + window <= n else max(0, n - window)
+            out[a + i] = values[a + lo:a + lo + window].mean(axis=0)
+    return out
+
+
+def test_smooth_forward_matches_reference_within_runs():
+    rng = np.random.default_rng(3)
+    values = rng.uniform(0, 100, (20, 4))
+    present = np.ones(20, bool)
+    present[[8, 9, 17]] = False  # runs [0, 8), [10, 17), [18, 20)
+    before = values.copy()
+    out = smooth_forward(values, present, window=5)
+    np.testing.assert_array_equal(values, before)  # input not modified
+    np.testing.assert_allclose(out, _ref_forward(values, present))
+    # by hand: first run, frame 0 -> mean of 0..4; frame 6 -> the run's final window 3..7
+    np.testing.assert_allclose(out[0], values[0:5].mean(axis=0))
+    np.testing.assert_allclose(out[6], values[3:8].mean(axis=0))
+    np.testing.assert_allclose(out[18], values[18:20].mean(axis=0))  # run shorter than the window
+    np.testing.assert_array_equal(out[~present], values[~present])  # gaps untouched
+
+
+def test_smooth_centered_within_runs():
+    values = np.arange(10, dtype=np.float64)[:, None, None] * np.ones((1, 5, 2))
+    values[4] = 100.0
+    present = np.array([True] * 4 + [False] + [True] * 5)
+    out = smooth_centered(values, present, radius=1)
+    assert out[0, 0, 0] == pytest.approx(0.5)      # clipped at the run start: mean(0, 1)
+    assert out[1, 0, 0] == pytest.approx(1.0)
+    assert out[3, 0, 0] == pytest.approx(2.5)      # mean(2, 3): the absent frame 4 is not used
+    assert out[4, 0, 0] == 100.0                   # absent frame untouched
+    assert out[5, 0, 0] == pytest.approx(5.5)      # mean(5, 6)
+    assert out[7, 0, 0] == pytest.approx(7.0)
+    assert out[9, 0, 0] == pytest.approx(8.5)
+
+
+# ------------------------------------------------------------------------------------ track_faces
+FPS = 10
+BLACK = 6
+
+
+@pytest.fixture(scope="module")
+def astronaut_video(tmp_path_factory, astronaut):
+    frames = []
+    for k in range(12):
+        x0, y0 = 40 + 3 * k, k % 3
+        frames.append(np.ascontiguousarray(astronaut[y0:y0 + 384, x0:x0 + 384]))
+    frames[BLACK] = np.zeros_like(frames[0])
+    path = write_video(tmp_path_factory.mktemp("faces") / "astro.mkv", frames, fps=FPS)
+    return path, frames
+
+
+def test_track_faces_present_mask_boxes_and_landmarks(centerface, astronaut_video):
+    path, frames = astronaut_video
+    info = probe_video(path)
+    assert info.n_frames == len(frames)
+    pads = (0, 10, 0, 0)
+    track = track_faces(info, pads=pads)
+    expected_present = np.ones(len(frames), bool)
+    expected_present[BLACK] = False
+    np.testing.assert_array_equal(track.present, expected_present)
+    assert track.boxes.dtype == np.int64 and track.boxes.shape == (12, 4)
+    assert track.landmarks.dtype == np.float32 and track.landmarks.shape == (12, 5, 2)
+    np.testing.assert_array_equal(track.boxes[BLACK], 0)
+    np.testing.assert_array_equal(track.landmarks[BLACK], 0)
+    assert track.others.shape == (0, 11)
+
+    # independent expectation: detect each (losslessly stored) frame, pad, smooth within runs
+    raw_boxes = np.zeros((12, 4))
+    raw_lms = np.zeros((12, 5, 2))
+    for i, f in enumerate(frames):
+        if i == BLACK:
+            continue
+        face = centerface(f)[0]
+        x1, y1, x2, y2 = np.trunc(face.box)
+        raw_boxes[i] = [max(0, x1), max(0, y1), min(384, x2), min(384, y2 + 10)]
+        raw_lms[i] = face.landmarks
+    exp_boxes = np.trunc(_ref_forward(raw_boxes, expected_present))
+    np.testing.assert_array_equal(track.boxes, exp_boxes.astype(np.int64))
+    for i in range(12):
+        if i == BLACK:
+            continue
+        run = (0, BLACK) if i < BLACK else (BLACK + 1, 12)
+        lo, hi = max(run[0], i - 1), min(run[1], i + 2)
+        np.testing.assert_allclose(track.landmarks[i], raw_lms[lo:hi].mean(axis=0), atol=1e-3)
+        x1, y1, x2, y2 = track.boxes[i]
+        lm = track.landmarks[i]
+        assert np.all((lm[:, 0] >= x1) & (lm[:, 0] <= x2) & (lm[:, 1] >= y1) & (lm[:, 1] <= y2))
+
+    unsmoothed = track_faces(info, pads=pads, smooth=False)
+    np.testing.assert_array_equal(unsmoothed.boxes, np.trunc(raw_boxes).astype(np.int64))
+
+
+def test_track_faces_fail_names_the_time(astronaut_video):
+    path, _ = astronaut_video
+    with pytest.raises(NoFaceError) as err:
+        track_faces(probe_video(path), on_no_face="fail")
+    msg = str(err.value)
+    assert f"{BLACK / FPS:.2f} s" in msg      # 0.60 s
+    assert f"frame {BLACK}" in msg
+    assert str(path) in msg
+
+
+def test_track_faces_unknown_detector(astronaut_video):
+    path, _ = astronaut_video
+    with pytest.raises(ValueError, match="unknown detector"):
+        track_faces(probe_video(path), detector="nope")
+
+
+def test_face_track_save_load_and_faces_at(tmp_path):
+    rng = np.random.default_rng(5)
+    present = np.array([True, False, True])
+    boxes = rng.integers(0, 100, (3, 4)).astype(np.int64)
+    landmarks = rng.uniform(0, 100, (3, 5, 2)).astype(np.float32)
+    others = np.concatenate([np.array([[1], [2], [2]], np.float32),
+                             rng.uniform(0, 100, (3, 10)).astype(np.float32)], axis=1)
+    track = FaceTrack(present, boxes, landmarks, others)
+    path = track.save(tmp_path / "faces.npz")
+    assert path == tmp_path / "faces.npz" and path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces.npz"]  # no temp file left behind
+    back = FaceTrack.load(path)
+    assert back.n_frames == 3
+    for name in ("present", "boxes", "landmarks", "others"):
+        a, b = getattr(track, name), getattr(back, name)
+        assert a.dtype == b.dtype, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+    assert len(back.faces_at(0)) == 1
+    np.testing.assert_array_equal(back.faces_at(0)[0], landmarks[0])
+    at1 = back.faces_at(1)  # no main face, one other face
+    assert len(at1) == 1
+    np.testing.assert_array_equal(at1[0], others[0, 1:].reshape(5, 2))
+    at2 = back.faces_at(2)  # main face first, then the two others in order
+    assert len(at2) == 3
+    np.testing.assert_array_equal(at2[0], landmarks[2])
+    np.testing.assert_array_equal(at2[1], others[1, 1:].reshape(5, 2))
+    np.testing.assert_array_equal(at2[2], others[2, 1:].reshape(5, 2))
+    assert all(a.shape == (5, 2) for a in at2)
+
+
+def test_face_track_roundtrip_of_real_track(tmp_path, astronaut_video):
+    path, _ = astronaut_video
+    track = track_faces(probe_video(path))
+    back = FaceTrack.load(track.save(tmp_path / "t.npz"))
+    np.testing.assert_array_equal(back.present, track.present)
+    np.testing.assert_array_equal(back.boxes, track.boxes)
+    np.testing.assert_array_equal(back.landmarks, track.landmarks)
+    assert back.faces_at(BLACK) == []
+    np.testing.assert_array_equal(back.faces_at(0)[0], track.landmarks[0])
