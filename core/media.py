@@ -316,19 +316,25 @@ def video_codec_args(codec: str, crf: int, preset: str, width: int, height: int)
 
 # -------------------------------------------------------------------------------------------- audio
 def decode_audio(path: str | Path, sample_rate: int = 16000, role: str = "audio") -> np.ndarray:
-    """Decode the first audio stream of any file ffmpeg reads to mono float32 at ``sample_rate``."""
-    probe_audio(path, role)
+    """Decode the first audio stream of any file ffmpeg reads to mono float32 at ``sample_rate``.
+
+    Channels are averaged, as librosa (the reference's loader) does; ffmpeg's own ``-ac 1`` downmix
+    would make stereo 3 dB louder and shift every mel value.
+    """
+    info = probe_audio(path, role)
+    channels = max(1, info.channels)
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
-           "-map", "0:a:0", "-vn", "-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1",
+           "-map", "0:a:0", "-vn", "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(channels),
            "-ar", str(sample_rate), "-"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip()[-300:]
         raise InputError(f"{role} {path}: its audio cannot be decoded ({tail})")
-    wav = np.frombuffer(proc.stdout, np.float32).copy()
-    if wav.size == 0:
+    samples = np.frombuffer(proc.stdout, np.float32)
+    if samples.size < channels:
         raise InputError(f"{role} {path}: audio stream has zero length")
-    return wav
+    samples = samples[: samples.size - samples.size % channels].reshape(-1, channels)
+    return samples.mean(axis=1, dtype=np.float32)
 
 
 def write_audio_track(src: str | Path, dst: str | Path, codec: str = "flac") -> Path:

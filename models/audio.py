@@ -56,8 +56,8 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
 
 
 def frame_count(n_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
-    """Video frames that cover the audio: its duration times fps, rounded, at least one."""
-    return max(1, round(n_samples / sample_rate * float(fps)))
+    """Video frames that cover the audio: its duration times fps, rounded half up, at least one."""
+    return max(1, int(np.floor(n_samples / sample_rate * float(fps) + 0.5)))
 
 
 def window_starts(n_mel: int, n_frames: int, fps: float) -> np.ndarray:

@@ -126,15 +126,19 @@ def runs(present: np.ndarray) -> list[tuple[int, int]]:
 
 
 def smooth_forward(values: np.ndarray, present: np.ndarray, window: int = 5) -> np.ndarray:
-    """Reference smoothing: each value becomes the mean of the ``window`` values starting at it
-    (the last ones use the final window), computed inside each run of frames that have a face."""
+    """The reference's smoothing inside each run of frames with a face: value i becomes the mean of the
+    ``window`` values starting at i (the last ones use the run's final window).
+
+    Like the reference it updates in place, so the final windows see already-smoothed values, and an
+    integer array truncates each mean. ``values`` itself is not modified.
+    """
     out = values.copy()
     for a, b in runs(present):
-        seg = values[a:b]
+        seg = out[a:b]  # a view: updates land in ``out``
         n = len(seg)
         for i in range(n):
-            j = min(i, max(0, n - window))
-            out[a + i] = seg[j:j + window].mean(axis=0)
+            j = i if i + window <= n else max(0, n - window)
+            seg[i] = seg[j:j + window].mean(axis=0)
     return out
 
 

@@ -91,13 +91,15 @@ def track_faces(info: VideoInfo, pads: tuple[int, int, int, int] = (0, 10, 0, 0)
             others += [[i, *f.landmarks.reshape(-1)] for j, f in enumerate(faces) if j != k]
         progress.update()
     present_a = np.asarray(present, bool)
-    boxes_a = np.asarray(boxes, np.float64)
+    boxes_a = np.trunc(np.asarray(boxes, np.float64)).astype(np.int64)
     lms_a = np.asarray(landmarks, np.float32)
     if smooth:
         boxes_a = smooth_forward(boxes_a, present_a, window=5)
         lms_a = smooth_centered(lms_a, present_a, radius=1)
+    # a box too small to crop (a face at the very edge) is treated as no face
+    present_a &= (boxes_a[:, 2] - boxes_a[:, 0] >= 2) & (boxes_a[:, 3] - boxes_a[:, 1] >= 2)
     others_a = np.asarray(others, np.float32).reshape(-1, 11)
-    return FaceTrack(present_a, np.trunc(boxes_a).astype(np.int64), lms_a.astype(np.float32), others_a)
+    return FaceTrack(present_a, boxes_a, lms_a.astype(np.float32), others_a)
 
 
 def _s3fd_box(net, frame: np.ndarray, fallback: np.ndarray, device) -> np.ndarray:

@@ -109,13 +109,18 @@ def _looped_frames(info: VideoInfo, n_src: int, n_out: int) -> Iterator[np.ndarr
         for _ in range(n_out):
             yield still
         return
+    if n_src < 1:
+        raise ValueError(f"video {info.path}: no frames to loop over")
     emitted = 0
     while emitted < n_out:
+        before = emitted
         for j, frame in enumerate(iter_frames(info)):
             if j >= n_src or emitted >= n_out:
                 break
             yield frame
             emitted += 1
+        if emitted == before:
+            raise RuntimeError(f"video {info.path}: decoding gave no frames on a second pass")
 
 
 def prepare_faces(crops: list[np.ndarray]) -> torch.Tensor:

@@ -220,12 +220,16 @@ def test_runs():
 
 
 def _ref_forward(values, present, window=5):
+    """Wav2Lip's get_smoothened_boxes, applied to each run: in place, so late windows see smoothed values."""
     out = values.copy()
     for a, b in runs(present):
-        n = b - a
-        for i in range(n):
-            lo = i if i + window <= n else max(0, n - window)
-            out[a + i] = values[a + lo:a + lo + window].mean(axis=0)
+        boxes = out[a:b]
+        for i in range(len(boxes)):
+            if i + window > len(boxes):
+                win = boxes[len(boxes) - window:] if len(boxes) >= window else boxes[:]
+            else:
+                win = boxes[i:i + window]
+            boxes[i] = np.mean(win, axis=0)
     return out
 
 
@@ -238,9 +242,10 @@ def test_smooth_forward_matches_reference_within_runs():
     out = smooth_forward(values, present, window=5)
     np.testing.assert_array_equal(values, before)  # input not modified
     np.testing.assert_allclose(out, _ref_forward(values, present))
-    # by hand: first run, frame 0 -> mean of 0..4; frame 6 -> the run's final window 3..7
+    # by hand: first run, frame 0 -> mean of 0..4; frame 6 -> the run's final window 3..7, where
+    # frames 3..5 already hold their smoothed values (the reference works in place)
     np.testing.assert_allclose(out[0], values[0:5].mean(axis=0))
-    np.testing.assert_allclose(out[6], values[3:8].mean(axis=0))
+    np.testing.assert_allclose(out[6], np.concatenate([out[3:6], values[6:8]]).mean(axis=0))
     np.testing.assert_allclose(out[18], values[18:20].mean(axis=0))  # run shorter than the window
     np.testing.assert_array_equal(out[~present], values[~present])  # gaps untouched
 
@@ -300,8 +305,8 @@ def test_track_faces_present_mask_boxes_and_landmarks(centerface, astronaut_vide
         x1, y1, x2, y2 = np.trunc(face.box)
         raw_boxes[i] = [max(0, x1), max(0, y1), min(384, x2), min(384, y2 + 10)]
         raw_lms[i] = face.landmarks
-    exp_boxes = np.trunc(_ref_forward(raw_boxes, expected_present))
-    np.testing.assert_array_equal(track.boxes, exp_boxes.astype(np.int64))
+    exp_boxes = _ref_forward(np.trunc(raw_boxes).astype(np.int64), expected_present)
+    np.testing.assert_array_equal(track.boxes, exp_boxes)
     for i in range(12):
         if i == BLACK:
             continue
