@@ -229,6 +229,20 @@ def read_video_file_frames(path: str | Path, width: int, height: int) -> Iterato
                           "-f", "rawvideo", "-pix_fmt", "bgr24", "-"], width, height, str(path))
 
 
+def frame_at(info: VideoInfo, seconds: float) -> np.ndarray:
+    """The frame shown at ``seconds`` (a fast seek: no decoding from the start)."""
+    if info.is_still:
+        return read_still(info.path)
+    args = ["-ss", f"{max(0.0, seconds):.3f}", "-i", info.path, "-map", "0:v:0", "-frames:v", "1"]
+    if info.vfr:
+        args += ["-vf", f"fps={info.fps.numerator}/{info.fps.denominator}"]
+    frames = list(_read_raw([*args, "-f", "rawvideo", "-pix_fmt", "bgr24", "-"], info.width, info.height,
+                            info.path))
+    if not frames:
+        raise InputError(f"video {info.path}: no frame at {seconds:.2f} s")
+    return frames[0]
+
+
 def count_frames(path: str | Path) -> int:
     """Number of video frames in a file (by demuxing, no decode)."""
     import av

@@ -1,7 +1,12 @@
-"""Storage by URL: local paths and any fsspec URL (``s3://`` through s3fs) for inputs and outputs."""
+"""Storage by URL: local paths and any fsspec URL (``s3://`` through s3fs) for inputs and outputs.
+
+Credentials come the standard ways (AWS environment variables, config/profile files, instance roles)
+and never appear in logs or errors: URLs are shown without any user-info part.
+"""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,13 +17,96 @@ import fsspec
 
 from core.errors import InputError
 
+# Fail fast on unreachable endpoints: the pipeline's own task retries add the backoff.
+fsspec.config.conf.setdefault("s3", {}).setdefault("config_kwargs", {"connect_timeout": 5, "read_timeout": 60,
+                                                      "retries": {"max_attempts": 2, "mode": "standard"}})
+
+
+STORAGE_BLOCK_ENV = "WAV2LIP_HQ_STORAGE_BLOCK"
+_configured = False
+
+
+def _apply_storage_block() -> None:
+    """Credentials from a Prefect block, once per process, when ``WAV2LIP_HQ_STORAGE_BLOCK`` names one.
+
+    The block is a ``Secret`` holding a JSON object of s3fs options (``key``, ``secret``,
+    ``endpoint_url``, ``client_kwargs``...). Dask workers inherit the variable and load it themselves,
+    so the secret itself never travels with task parameters or appears in logs.
+    """
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    name = os.environ.get(STORAGE_BLOCK_ENV)
+    if not name:
+        return
+    import json
+
+    from prefect.blocks.system import Secret
+
+    value = Secret.load(name).get()
+    options = json.loads(value) if isinstance(value, str) else dict(value)
+    fsspec.config.conf.setdefault("s3", {}).update(options)
+
+
+def url_to_fs(url: str):
+    """``fsspec.core.url_to_fs`` with this project's storage configuration applied."""
+    if is_remote(url):
+        _apply_storage_block()
+    return fsspec.core.url_to_fs(str(url))
+
+
+def open_url(url: str, mode: str = "rb"):
+    fs, path = url_to_fs(url)
+    return fs.open(path, mode)
+
+
+class StorageAccessError(InputError):
+    """Storage refused us (credentials, permissions, missing bucket): retrying will not help."""
+
+
+class StorageUnreachableError(ConnectionError):
+    """Storage could not be reached (network, endpoint down): may be transient."""
+
 
 def is_remote(url: str) -> bool:
     return "://" in str(url) and not str(url).startswith("file://")
 
 
+def redact(url: str) -> str:
+    """A URL fit for logs: any ``user:secret@`` part removed."""
+    return re.sub(r"(://)[^/@]*@", r"\1", str(url))
+
+
 def _strip_file_scheme(url: str) -> str:
     return url[len("file://"):] if url.startswith("file://") else url
+
+
+@contextmanager
+def storage_errors(url: str, role: str) -> Iterator[None]:
+    """Turn storage failures into errors that name the URL and say whether retrying can help."""
+    try:
+        yield
+    except (InputError, FileNotFoundError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{role} {redact(url)}: not found") from exc
+    except PermissionError as exc:
+        raise StorageAccessError(f"{role} {redact(url)}: access denied ({_short(exc)}); check the "
+                                 f"credentials and the bucket's permissions") from exc
+    except OSError as exc:
+        if not is_remote(url):
+            raise
+        raise StorageUnreachableError(f"{role} {redact(url)}: storage unreachable ({_short(exc)})") from exc
+    except Exception as exc:  # botocore/aiohttp connection errors are not all OSErrors
+        name = type(exc).__name__
+        if is_remote(url) and ("Connect" in name or "Endpoint" in name or "Timeout" in name):
+            raise StorageUnreachableError(f"{role} {redact(url)}: storage unreachable ({name})") from exc
+        raise
+
+
+def _short(exc: BaseException) -> str:
+    return redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)[:200]
 
 
 @contextmanager
@@ -31,12 +119,13 @@ def local_copy(url: str, role: str = "input") -> Iterator[str]:
             raise InputError(f"{role} {url}: file not found")
         yield path
         return
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        raise InputError(f"{role} {url}: object not found")
     with tempfile.TemporaryDirectory(prefix="wav2lip-hq-in-") as tmp:
-        local = os.path.join(tmp, os.path.basename(path) or "input")
-        fs.get(path, local)
+        with storage_errors(url, role):
+            fs, path = url_to_fs(url)
+            if not fs.exists(path):
+                raise InputError(f"{role} {redact(url)}: not found")
+            local = os.path.join(tmp, os.path.basename(path) or "input")
+            fs.get_file(path, local)
         yield local
 
 
@@ -59,15 +148,21 @@ def check_output(url: str, inputs: list[str]) -> None:
                 pass
         except OSError as exc:
             raise InputError(f"output {url}: its directory {parent} is not writable ({exc.strerror})") from exc
-    elif url in inputs:
-        raise InputError(f"output {url}: is the same object as an input; choose another output URL")
+        return
+    if url in inputs:
+        raise InputError(f"output {redact(url)}: is the same object as an input; choose another output URL")
+    with storage_errors(url, "output"):
+        fs, path = url_to_fs(url)
+        bucket = path.split("/", 1)[0]
+        if not fs.exists(bucket):
+            raise StorageAccessError(f"output {redact(url)}: bucket {bucket} does not exist or is not visible")
 
 
 def publish(local_file: str | Path, url: str) -> str:
     """Move a finished local file to ``url``; the destination never holds a partial file.
 
     Local: copy beside the destination under a temporary name, then rename (atomic on one filesystem).
-    Object stores: a single PUT is atomic, the object appears only once complete.
+    Object stores: a single PUT is atomic: the object appears only once complete.
     """
     url = str(url)
     if not is_remote(url):
@@ -79,6 +174,7 @@ def publish(local_file: str | Path, url: str) -> str:
         finally:
             tmp.unlink(missing_ok=True)
         return str(dest)
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.put_file(str(local_file), path)
+    with storage_errors(url, "output"):
+        fs, path = url_to_fs(url)
+        fs.put_file(str(local_file), path)
     return url

@@ -1,40 +1,47 @@
 """Content-keyed work area: every stage output lives under ``<root>/<stage>/<key>/`` with a manifest.
 
-A stage's key hashes what determines its output: the content of its inputs (or the key of the
-stage that made them), its parameters, the SHA-256 of the weights it uses, and the stage's code
-version. A directory whose ``manifest.json`` exists holds a finished output; anything else is
-redone. Re-running a finished job therefore does no model work, and a crashed one redoes only
-what is missing.
+``root`` is a local path or any fsspec URL (``s3://bucket/work``), so Dask workers on other machines
+reach the chunks. A stage's key hashes what determines its output: the content of its inputs (or the
+key of the stage that made them), its parameters, the SHA-256 of the weights it uses, and the stage's
+code version. A stage directory whose ``manifest.json`` exists holds a finished output (the manifest is
+written last); anything else is redone. Re-running a finished job therefore does no model work, and a
+crashed one redoes only what is missing.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
+import posixpath
+import socket
+import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
 from core.errors import InputError
+from core.storage import is_remote, open_url, redact, url_to_fs
 
 MANIFEST = "manifest.json"
 
 
 def content_sha256(url: str, role: str = "input", chunk: int = 1 << 20) -> str:
     """SHA-256 of a file's bytes, local or remote (streamed)."""
-    fs, path = fsspec.core.url_to_fs(str(url))
-    if not fs.exists(path):
-        raise InputError(f"{role} {url}: file not found")
-    if fs.isdir(path):
-        raise InputError(f"{role} {url}: is a directory, not a media file")
-    h = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    from core.storage import storage_errors
+
+    with storage_errors(url, role):
+        fs, path = url_to_fs(str(url))
+        if not fs.exists(path):
+            raise InputError(f"{role} {redact(url)}: file not found")
+        if fs.isdir(path):
+            raise InputError(f"{role} {redact(url)}: is a directory, not a media file")
+        h = hashlib.sha256()
+        with fs.open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        return h.hexdigest()
 
 
 def stage_key(stage: str, version: str, **parts: Any) -> str:
@@ -47,48 +54,91 @@ def stage_key(stage: str, version: str, **parts: Any) -> str:
 class WorkArea:
     root: str
 
-    def stage_dir(self, stage: str, key: str) -> Path:
-        return Path(self.root).expanduser() / stage / key
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.root)
+
+    def stage_url(self, stage: str, key: str) -> str:
+        if self.remote:
+            return posixpath.join(self.root.rstrip("/"), stage, key)
+        return str(Path(self.root).expanduser() / stage / key)
 
     def finished(self, stage: str, key: str) -> dict | None:
         """The manifest of a finished stage output, or None when it must be (re)computed."""
-        path = self.stage_dir(stage, key) / MANIFEST
+        url = f"{self.stage_url(stage, key)}/{MANIFEST}"
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
+            with open_url(url, "r") as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
             return None
 
-    def begin(self, stage: str, key: str) -> Path:
-        """A clean directory for a stage's output (leftovers of an interrupted attempt removed)."""
-        d = self.stage_dir(stage, key)
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        return d
-
-    def finish(self, stage: str, key: str, manifest: dict) -> dict:
-        """Mark a stage output finished by writing its manifest last, atomically."""
-        d = self.stage_dir(stage, key)
-        tmp = d / f".{MANIFEST}.part"
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(tmp, d / MANIFEST)
-        return manifest
+    def _clear(self, stage: str, key: str) -> None:
+        url = self.stage_url(stage, key)
+        fs, path = url_to_fs(url)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
-def run_stage(work: WorkArea, stage: str, version: str, parts: dict, produce) -> dict:
+def run_stage(work: WorkArea, stage: str, version: str, parts: dict,
+              produce: Callable[[Path], dict], refresh: bool = False) -> dict:
     """Return the finished output of (stage, parts) from the work area, producing it if needed.
 
-    ``produce(out_dir) -> dict`` writes into ``out_dir`` and returns the manifest; the stage key is
-    added to it as ``key`` so downstream stages can chain on it.
+    ``produce(local_dir) -> dict`` writes files into ``local_dir`` and returns the manifest, naming
+    its files by their local paths. For a remote work area the files are uploaded and those paths
+    become URLs. The manifest gets ``key`` (for downstream keys), ``seconds`` and ``bytes``.
     """
     from core.progress import get_logger
 
     key = stage_key(stage, version, **parts)
-    done = work.finished(stage, key)
-    if done is not None:
-        get_logger().info("%s: reusing finished output %s", stage, work.stage_dir(stage, key))
-        return done
-    out_dir = work.begin(stage, key)
-    manifest = dict(produce(out_dir))
-    manifest["key"] = key
-    return work.finish(stage, key, manifest)
+    if not refresh:
+        done = work.finished(stage, key)
+        if done is not None:
+            get_logger().info("%s: reusing finished output %s", stage, redact(work.stage_url(stage, key)))
+            return {**done, "reused": True}
+    work._clear(stage, key)
+    url = work.stage_url(stage, key)
+    start = time.perf_counter()
+    if work.remote:
+        with tempfile.TemporaryDirectory(prefix=f"wav2lip-hq-{stage}-") as tmp:
+            manifest = dict(produce(Path(tmp)))
+            size = _tree_bytes(Path(tmp))
+            fs, path = url_to_fs(url)
+            for local in sorted(Path(tmp).rglob("*")):
+                if local.is_file():
+                    fs.put_file(str(local), f"{path}/{local.relative_to(tmp).as_posix()}")
+            manifest = _rebase(manifest, tmp, url)
+    else:
+        out_dir = Path(url)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = dict(produce(out_dir))
+        size = _tree_bytes(out_dir)
+    manifest.update(key=key, seconds=round(time.perf_counter() - start, 3), bytes=size,
+                    worker=f"{socket.gethostname()}:{os.getpid()}")
+    _write_manifest(url, manifest)
+    return {**manifest, "reused": False}
+
+
+def _tree_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
+def _rebase(obj: Any, local_root: str, url: str) -> Any:
+    """Replace local paths under ``local_root`` with the matching URLs, anywhere in a manifest."""
+    if isinstance(obj, str) and obj.startswith(local_root):
+        return url + obj[len(local_root):].replace(os.sep, "/")
+    if isinstance(obj, dict):
+        return {k: _rebase(v, local_root, url) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rebase(v, local_root, url) for v in obj]
+    return obj
+
+
+def _write_manifest(url: str, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=1, sort_keys=True)
+    if is_remote(url):
+        fs, path = url_to_fs(url)
+        fs.pipe_file(f"{path}/{MANIFEST}", text.encode())  # one PUT: atomic
+        return
+    tmp = Path(url) / f".{MANIFEST}.part"
+    tmp.write_text(text)
+    os.replace(tmp, Path(url) / MANIFEST)

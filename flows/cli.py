@@ -62,7 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32, or bf16 (CPU) / fp16 (CUDA) autocast for speed")
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     r.add_argument("--work-dir", default=None,
-                   help="work area for stage outputs (default: $WAV2LIP_HQ_WORK_DIR or the user cache)")
+                   help="work area for stage outputs, a path or URL such as s3://bucket/work "
+                   "(default: $WAV2LIP_HQ_WORK_DIR or the user cache)")
+    r.add_argument("--refresh", action="store_true",
+                   help="ignore finished stages in the work area and recompute everything")
+    r.add_argument("--dask-address", default=None,
+                   help="tcp://host:8786 of an existing Dask scheduler whose workers import this project "
+                   "(default: $WAV2LIP_HQ_DASK_ADDRESS, else a local cluster sized to the machine)")
+    r.add_argument("--dask-workers", type=int, default=None,
+                   help="workers of the local Dask cluster (default: one per core, or per GPU; 0: no Dask)")
 
     m = sub.add_parser("models", help="list, fetch or verify the weight files",
                        description="Weight files live in $WAV2LIP_HQ_MODELS_DIR (default: the user cache).")

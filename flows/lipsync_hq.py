@@ -1,20 +1,24 @@
 """The ``lipsync_hq`` flow: one audio + one video (or portrait) -> one high-quality lip-synced video.
 
 It reads like the diagram: probe -> lipsync -> (split_video -> enhance_chunk x N -> combine_frames,
-extract_audio) -> final_mux.
+extract_audio) -> final_mux. The single-stream stages run in the flow's process (all its cores, or
+its GPU); enhancement is mapped over chunks on a Dask cluster (see flows/runners.py).
 """
 from __future__ import annotations
 
 import os
 from typing import Annotated, Literal
 
-from prefect import flow, unmapped
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import flow
+from prefect.futures import as_completed
 from pydantic import Field
+
+from flows import report
+from flows.runners import enhancement_runner
 
 from tasks.audio import extract_audio_task
 from tasks.combine import combine_frames_task, final_mux_task
-from tasks.enhance import EnhanceOptions, enhance_task
+from tasks.enhance import EnhanceOptions, enhance_task, is_finished
 from tasks.lipsync import LipsyncOptions, lipsync_task
 from tasks.probe import probe_task
 from tasks.split import split_task
@@ -30,7 +34,7 @@ def default_work_root() -> str:
     return os.path.join(user_cache_dir("wav2lip-hq"), "work")
 
 
-@flow(name="wav2lip-hq", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="wav2lip-hq", log_prints=True)
 def lipsync_hq(
     audio: Annotated[str, Field(title="Audio", description="Speech to lip-sync to: a path or URL "
                                 "(wav, mp3, m4a, aac, flac, or a video whose audio track is used).")],
@@ -75,7 +79,16 @@ def lipsync_hq(
     device: Annotated[str, Field(title="Device", description="auto (CUDA when present), cpu, cuda, "
                                  "cuda:1, ...")] = "auto",
     work_dir: Annotated[str | None, Field(title="Work area", description="Where stage outputs are kept "
-                                          "for reuse (default: the user cache).")] = None,
+                                          "for reuse: a path or URL such as s3://bucket/work (default: "
+                                          "$WAV2LIP_HQ_WORK_DIR or the user cache).")] = None,
+    refresh: Annotated[bool, Field(title="Ignore cached stages", description="Recompute every stage even "
+                                   "when its output is already in the work area.")] = False,
+    dask_address: Annotated[str | None, Field(title="Dask scheduler", description="tcp://host:8786 of an "
+                                              "existing cluster (default: $WAV2LIP_HQ_DASK_ADDRESS, else a "
+                                              "local cluster sized to the machine).")] = None,
+    dask_workers: Annotated[int | None, Field(ge=0, title="Local Dask workers", description="Workers of "
+                                              "the local cluster (default: one per core or GPU; 0: no Dask)."
+                                              )] = None,
 ) -> str:
     """Lip-sync ``video`` to ``audio`` with Wav2Lip, restore the faces with GFPGAN, write ``output``."""
     work = work_dir or default_work_root()
@@ -86,13 +99,51 @@ def lipsync_hq(
                               precision=precision, device=device)
 
     job = probe_task(audio, video, output, still_fps)
-    synced = lipsync_task(job, lip_opts, work)
-    chunks = split_task(synced, chunk_frames, work)
-    track = extract_audio_task(synced, work)
+    synced = lipsync_task(job, lip_opts, work, refresh)
+    chunks = split_task(synced, chunk_frames, work, refresh)
+    track = extract_audio_task(synced, work, refresh)
+    stages = {"lipsync": synced, "split_video": chunks, "extract_audio": track}
     if enhance:
-        chunks = enhance_task.map(chunks, unmapped(synced), unmapped(enh_opts), unmapped(work)).result()
-        scale = upscale
-    else:
-        scale = 1
-    silent = combine_frames_task(chunks, synced, scale, crf, preset, work)
-    return final_mux_task(silent, track, output, work)
+        chunks = enhance_chunks(chunks, synced, enh_opts, work, refresh, dask_address, dask_workers)
+        stages["enhance_chunk"] = chunks
+    silent = combine_frames_task(chunks, synced, upscale if enhance else 1, crf, preset, work, refresh)
+    final = final_mux_task(silent, track, output, work, refresh)
+    stages.update(combine_frames=silent, final_mux=final)
+
+    report.stage_table(stages)
+    report.output_link(final["output"])
+    frames = report._safe(report.middle_frames, video, final["video"])
+    if frames:
+        report.before_after(frames[0], frames[1], f"frame at {frames[2]:.2f} s")
+    return final["output"]
+
+
+def enhance_chunks(chunks: list[dict], synced: dict, opts: EnhanceOptions, work: str, refresh: bool,
+                   dask_address: str | None, dask_workers: int | None) -> list[dict]:
+    """Map enhancement over the chunks; the progress artifact moves as they finish.
+
+    Chunks already finished in the work area resolve here at once; only the others go to the
+    cluster, which is not even started when there are none (a finished job costs no cluster).
+    """
+    import dask
+
+    progress = report.EnhanceProgress(len(chunks))
+    results: dict[int, dict] = {}
+    pending = []
+    for c in chunks:
+        if not refresh and is_finished(c, opts, work):
+            results[c["index"]] = enhance_task(c, synced, opts, work, refresh)
+            progress.step()
+        else:
+            pending.append(c)
+    if pending:
+        runner, needs_gpu = enhancement_runner(dask_address, dask_workers)
+        with runner:
+            with dask.annotate(**({"resources": {"GPU": 1}} if needs_gpu else {})):
+                futures = {runner.submit(enhance_task, {"chunk": c, "synced": synced, "opts": opts,
+                                                        "work_root": work, "refresh": refresh}): c["index"]
+                           for c in pending}
+            for future in as_completed(list(futures)):
+                results[futures[future]] = future.result()
+                progress.step()
+    return [results[c["index"]] for c in chunks]

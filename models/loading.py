@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import threading
 
 import torch
 
@@ -9,8 +11,11 @@ from models.checkpoint import resolve_device
 from models.weights import require, sha256_file
 
 
+_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=4)
-def _load(kind: str, path: str, digest: str, device: str) -> torch.nn.Module:
+def _load_cached(kind: str, path: str, digest: str, device: str) -> torch.nn.Module:
     if kind == "wav2lip":
         from models.wav2lip import load_wav2lip
 
@@ -26,9 +31,22 @@ def _load(kind: str, path: str, digest: str, device: str) -> torch.nn.Module:
     raise ValueError(f"unknown model kind {kind!r}")
 
 
+def _load(kind: str, path: str, digest: str, device: str) -> torch.nn.Module:
+    with _LOCK:  # threads of one worker must not load the same model twice
+        return _load_cached(kind, path, digest, device)
+
+
+def _pin_threads() -> None:
+    """Dask workers sharing a machine get their share of cores (``WAV2LIP_HQ_TORCH_THREADS``)."""
+    threads = os.environ.get("WAV2LIP_HQ_TORCH_THREADS")
+    if threads and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
+
+
 def get_model(kind: str, weight_name: str, device: str | torch.device | None = None
               ) -> tuple[torch.nn.Module, str, torch.device]:
     """(model, weights SHA-256, device) for an official weight file in the models directory."""
+    _pin_threads()
     path = require(weight_name)
     dev = resolve_device(device)
     digest = sha256_file(path)

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from models.batching import split_on_oom
 from models.checkpoint import load_strict, pick_state_dict, read_checkpoint
 
 FACE_SIZE = 512
@@ -128,7 +129,7 @@ def restore_faces(net: torch.nn.Module, faces_bgr: list[np.ndarray], device: tor
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
     x = (x / 255.0 - 0.5) / 0.5
     with torch.inference_mode(), autocast(device, precision):
-        out = net(x, return_rgb=False, randomize_noise=False)[0]
+        out = split_on_oom(lambda t: net(t, return_rgb=False, randomize_noise=False)[0], x)
     out = ((out.float().clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
     restored = np.rint(out).astype(np.uint8)[..., ::-1]
     if weight < 1.0:

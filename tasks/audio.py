@@ -5,6 +5,7 @@ from pathlib import Path
 
 from core.media import write_audio_track
 from core.prefect_task import stage_task
+from core.storage import local_copy
 from core.workarea import WorkArea, run_stage
 
 
@@ -18,7 +19,14 @@ def extract_audio(video: str, out_dir: str | Path) -> str:
 VERSION = "1"
 
 
-@stage_task("extract_audio")
-def extract_audio_task(synced: dict, work_root: str) -> dict:
-    return run_stage(WorkArea(work_root), "audio", VERSION, {"synced": synced["key"]},
-                     lambda out_dir: {"audio": extract_audio(synced["video"], out_dir)})
+def _parts(synced: dict, **_) -> dict:
+    return {"synced": synced["key"]}
+
+
+@stage_task("extract_audio", stage="audio", version=VERSION, parts=_parts)
+def extract_audio_task(synced: dict, work_root: str, refresh: bool = False) -> dict:
+    def produce(out_dir: Path) -> dict:
+        with local_copy(synced["video"], "synced video") as video:
+            return {"audio": extract_audio(video, out_dir)}
+
+    return run_stage(WorkArea(work_root), "audio", VERSION, _parts(synced), produce, refresh)

@@ -10,6 +10,7 @@ import numpy as np
 from core.media import FrameWriter, read_video_file_frames
 from core.prefect_task import stage_task
 from core.progress import Progress
+from core.storage import local_copy
 from core.workarea import WorkArea, run_stage
 from models.restorer import MIN_EYE_DISTANCE, align_face, eye_distance, paste_face, restore_faces
 from models.weights import GFPGAN_FILES
@@ -80,19 +81,30 @@ def _flush(net, device, pending: list, writer: FrameWriter, opts: EnhanceOptions
 VERSION = "1"
 
 
-@stage_task("enhance_chunk", task_run_name="enhance_chunk-{chunk[index]}")
-def enhance_task(chunk: dict, synced: dict, opts: EnhanceOptions, work_root: str) -> dict:
-    """One chunk's enhancement, content-keyed per chunk: a resumed job redoes only unfinished chunks."""
+def _parts(chunk: dict, opts: EnhanceOptions, **_) -> dict:
     from models.checkpoint import resolve_device
     from models.weights import require, sha256_file
 
-    parts = {"chunk": chunk["key"], "opts": asdict(opts), "device": resolve_device(opts.device).type,
-             "weights": sha256_file(require(GFPGAN_FILES[opts.gfpgan_version]))}
-    src = Chunk(chunk["path"], chunk["index"], chunk["start"], chunk["n_frames"])
+    return {"chunk": chunk["key"], "opts": asdict(opts), "device": resolve_device(opts.device).type,
+            "weights": sha256_file(require(GFPGAN_FILES[opts.gfpgan_version]))}
 
+
+def is_finished(chunk: dict, opts: EnhanceOptions, work_root: str) -> bool:
+    """Whether the work area already holds this chunk's enhanced output."""
+    from core.workarea import stage_key
+
+    return WorkArea(work_root).finished("enhance", stage_key("enhance", VERSION, **_parts(chunk, opts))) is not None
+
+
+@stage_task("enhance_chunk", stage="enhance", version=VERSION, parts=_parts,
+            task_run_name="enhance_chunk-{chunk[index]}")
+def enhance_task(chunk: dict, synced: dict, opts: EnhanceOptions, work_root: str, refresh: bool = False) -> dict:
+    """One chunk's enhancement, content-keyed per chunk: a resumed job redoes only unfinished chunks."""
     def produce(out_dir: Path) -> dict:
-        done = enhance_chunk(src, synced["faces"], synced["n_source"], synced["width"], synced["height"],
-                             out_dir, opts)
+        with local_copy(chunk["path"], "chunk") as path, local_copy(synced["faces"], "face track") as faces:
+            src = Chunk(path, chunk["index"], chunk["start"], chunk["n_frames"])
+            done = enhance_chunk(src, faces, synced["n_source"], synced["width"], synced["height"],
+                                 out_dir, opts)
         return done.to_dict()
 
-    return run_stage(WorkArea(work_root), "enhance", VERSION, parts, produce)
+    return run_stage(WorkArea(work_root), "enhance", VERSION, _parts(chunk, opts), produce, refresh)

@@ -14,6 +14,7 @@ from core.prefect_task import stage_task
 from core.progress import Progress, get_logger
 from core.storage import local_copy
 from core.workarea import WorkArea, run_stage
+from models.batching import split_on_oom
 from models.audio import frame_count, mel_windows, melspectrogram
 from models.restorer import autocast
 from models.wav2lip import FACE_SIZE
@@ -145,7 +146,7 @@ def _sync_batch(model, device, batch, track: FaceTrack, windows: np.ndarray, n_s
         faces = prepare_faces(crops).to(device)
         mels = torch.from_numpy(windows[[batch[k][1] for k, _ in work]][:, None]).to(device)
         with torch.inference_mode(), autocast(device, precision):
-            pred = model(mels, faces)
+            pred = split_on_oom(model, mels, faces)
         pred = (pred.float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
         for (k, _), p, (x1, y1, x2, y2) in zip(work, pred, boxes):
             out = frames[k].copy()
@@ -158,9 +159,7 @@ def _sync_batch(model, device, batch, track: FaceTrack, windows: np.ndarray, n_s
 VERSION = "1"
 
 
-@stage_task("lipsync")
-def lipsync_task(job: dict, opts: LipsyncOptions, work_root: str) -> dict:
-    """Lip-sync stage, content-keyed: reused when audio, video, options and weights are unchanged."""
+def _parts(job: dict, opts: LipsyncOptions, **_) -> dict:
     from models.checkpoint import resolve_device
     from models.weights import require, sha256_file
 
@@ -168,9 +167,14 @@ def lipsync_task(job: dict, opts: LipsyncOptions, work_root: str) -> dict:
              "weights": sha256_file(require(opts.checkpoint)), "device": resolve_device(opts.device).type}
     if opts.detector == "s3fd":
         parts["detector_weights"] = sha256_file(require("s3fd-619a316812.pth"))
+    return parts
 
+
+@stage_task("lipsync", stage="lipsync", version=VERSION, parts=_parts)
+def lipsync_task(job: dict, opts: LipsyncOptions, work_root: str, refresh: bool = False) -> dict:
+    """Lip-sync stage, content-keyed: reused when audio, video, options and weights are unchanged."""
     def produce(out_dir: Path) -> dict:
         with local_copy(job["audio"], "audio") as a, local_copy(job["video"], "video") as v:
             return lipsync(a, v, out_dir, opts).to_dict()
 
-    return run_stage(WorkArea(work_root), "lipsync", VERSION, parts, produce)
+    return run_stage(WorkArea(work_root), "lipsync", VERSION, _parts(job, opts), produce, refresh)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from core.media import count_frames, run_ffmpeg
 from core.prefect_task import stage_task
+from core.storage import local_copy
 from core.workarea import WorkArea, run_stage
 
 
@@ -53,12 +54,16 @@ def split_video(video: str, n_frames: int, out_dir: str | Path, chunk_frames: in
 VERSION = "1"
 
 
-@stage_task("split_video")
-def split_task(synced: dict, chunk_frames: int, work_root: str) -> list[dict]:
+def _parts(synced: dict, chunk_frames: int, **_) -> dict:
+    return {"synced": synced["key"], "chunk_frames": chunk_frames}
+
+
+@stage_task("split_video", stage="split", version=VERSION, parts=_parts)
+def split_task(synced: dict, chunk_frames: int, work_root: str, refresh: bool = False) -> list[dict]:
     def produce(out_dir: Path) -> dict:
-        chunks = split_video(synced["video"], synced["n_frames"], out_dir, chunk_frames)
+        with local_copy(synced["video"], "synced video") as video:
+            chunks = split_video(video, synced["n_frames"], out_dir, chunk_frames)
         return {"chunks": [c.to_dict() for c in chunks]}
 
-    done = run_stage(WorkArea(work_root), "split", VERSION,
-                     {"synced": synced["key"], "chunk_frames": chunk_frames}, produce)
+    done = run_stage(WorkArea(work_root), "split", VERSION, _parts(synced, chunk_frames), produce, refresh)
     return [dict(c, key=f"{done['key']}/{c['index']}") for c in done["chunks"]]

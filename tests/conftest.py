@@ -17,6 +17,9 @@ HAVE_MEDIA = (SHARED_MEDIA / "talk_25fps_844.mp4").is_file()
 needs_media = pytest.mark.skipif(not HAVE_MEDIA, reason=f"real test media not present at {SHARED_MEDIA}")
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("WAV2LIP_HQ_RETRY_DELAYS", "0.1,0.2,0.3")  # read when tasks are defined
+# the S3 server checks credentials after the few requests that create them (see s3_server)
+os.environ.setdefault("INITIAL_NO_AUTH_ACTION_COUNT", "3")
 
 
 def ffmpeg(*args: str) -> None:
@@ -118,3 +121,46 @@ def portrait(media_dir) -> Path:
     path = media_dir / "astronaut.png"
     cv2.imwrite(str(path), astronaut_bgr())
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto, server mode) on 127.0.0.1 that checks credentials.
+
+    The environment then carries its endpoint and a valid key pair, as a user's would: s3fs, Dask
+    workers and subprocesses all reach it the standard AWS way.
+    """
+    import json
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+    iam.create_user(UserName="ci")
+    key = iam.create_access_key(UserName="ci")["AccessKey"]
+    iam.put_user_policy(UserName="ci", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+           "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield {"endpoint": endpoint, **env}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server):
+    """A fresh s3fs filesystem (no cached instance) on the test server."""
+    import s3fs
+
+    return s3fs.S3FileSystem(skip_instance_cache=True)

@@ -187,3 +187,25 @@ def test_verify_reports_a_corrupted_file(tmp_path, monkeypatch):
     dest.write_bytes(b"z" * 5000)  # same size, other content
     ok, msg = weights.verify("wav2lip.pth")
     assert not ok and "SHA-256" in msg and "does not match" in msg
+
+
+def test_out_of_memory_halves_the_batch():
+    from models.batching import split_on_oom
+
+    sizes = []
+
+    def net(a, b):
+        sizes.append(a.shape[0])
+        if a.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return a * 2 + b
+
+    a, b = torch.arange(7.0), torch.ones(7)
+    assert torch.equal(split_on_oom(net, a, b), a * 2 + b)
+    assert sizes == [7, 3, 1, 2, 4, 2, 2]  # halves until each part fits, in order
+
+    def always(a):
+        raise torch.OutOfMemoryError("no memory at all")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        split_on_oom(always, torch.zeros(4))

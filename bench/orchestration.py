@@ -1,0 +1,169 @@
+"""Prefect/Dask side of the benchmarks: a Prefect server for the run, the flow as a child process, and
+enhancement throughput on a Dask ``LocalCluster`` of k single-threaded workers.
+
+    .venv/bin/python -m bench.orchestration flow --audio a.wav --video v.mp4 --out o.mp4 [--enhance]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+
+# ------------------------------------------------------------------------------------ Prefect server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def prefect_server(timeout: float = 180.0):
+    """A Prefect server of our own (own PREFECT_HOME and SQLite file) for this run; yields
+    (api_url, start-up seconds). Flow processes and Dask workers get PREFECT_API_URL, so none of them
+    starts a temporary server of its own."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-prefect-") as home:
+        env = dict(os.environ, PREFECT_HOME=home, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                   PREFECT_UI_ENABLED="false")
+        env.pop("PREFECT_API_URL", None)
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        log = open(Path(home) / "server.log", "wb")
+        t = time.perf_counter()
+        proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}/api"
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"prefect server exited: {(Path(home) / 'server.log').read_text()[-800:]}")
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.perf_counter() - t > timeout:
+                    raise RuntimeError("prefect server did not start in time")
+                time.sleep(0.5)
+            yield url, time.perf_counter() - t, home
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+# -------------------------------------------------------------------------------------- flow child
+def run_flow(audio: str, video: str, out: str, work: str, precision: str, chunk_frames: int,
+             enhance: bool, runner: str, torch_threads: int) -> dict:
+    """The flow as it exists, with a Dask runner (LocalCluster, 1 worker) or its default runner."""
+    from flows.lipsync_hq import lipsync_hq
+
+    flow = lipsync_hq
+    if runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        env = {k: os.environ[k] for k in ("PREFECT_API_URL", "WAV2LIP_HQ_MODELS_DIR", "WAV2LIP_HQ_FFMPEG")
+               if k in os.environ}
+        # Dask's nanny sets OMP_NUM_THREADS=1 in workers by default: torch would use one core only
+        env.update(OMP_NUM_THREADS=str(torch_threads), MKL_NUM_THREADS=str(torch_threads))
+        flow = lipsync_hq.with_options(task_runner=DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={"n_workers": 1, "threads_per_worker": 1, "processes": True, "env": env,
+                            "dashboard_address": None}))
+    t = time.perf_counter()
+    flow(audio=audio, video=video, output=out, enhance=enhance, precision=precision,
+         chunk_frames=chunk_frames, work_dir=work)
+    return {"total": time.perf_counter() - t, "runner": runner}
+
+
+# -------------------------------------------------------------------------------------- scaling
+class TorchThreads(WorkerPlugin):
+    """Pin torch's intra-op threads in every worker (with OMP_NUM_THREADS set in its environment)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def setup(self, worker) -> None:
+        import torch
+
+        torch.set_num_threads(self.n)
+
+
+def _warm(precision: str) -> int:
+    """Load GFPGAN and run it once in this worker (model load and first-call set-up not timed)."""
+    import numpy as np
+    import torch
+
+    from models.loading import get_model
+    from models.restorer import restore_faces
+
+    net, _, dev = get_model("gfpgan", "GFPGANv1.4.pth", "cpu")
+    restore_faces(net, [np.full((512, 512, 3), 128, np.uint8)], dev, precision=precision)
+    return torch.get_num_threads()
+
+
+def _enhance(chunk, faces, n_source, width, height, out_dir, precision):
+    from tasks.enhance import EnhanceOptions, enhance_chunk
+
+    return enhance_chunk(chunk, faces, n_source, width, height, out_dir, EnhanceOptions(precision=precision))
+
+
+def enhance_throughput(synced, chunks: list, n_faces: int, out_dir: Path, workers: int, threads: int,
+                       precision: str) -> dict:
+    """Wall time of enhance_chunk over ``chunks`` on a LocalCluster(n_workers=workers, 1 thread each)."""
+    from distributed import Client, LocalCluster, wait
+
+    env = {k: os.environ[k] for k in ("WAV2LIP_HQ_MODELS_DIR", "WAV2LIP_HQ_FFMPEG") if k in os.environ}
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        client.register_plugin(TorchThreads(threads))
+        addrs = list(client.scheduler_info()["workers"])
+        got = client.gather([client.submit(_warm, precision, workers=[a], pure=False) for a in addrs])
+        t = time.perf_counter()
+        futs = [client.submit(_enhance, c, synced.faces, synced.n_source, synced.width, synced.height,
+                              str(out_dir), precision, pure=False) for c in chunks]
+        wait(futs)
+        for f in futs:
+            f.result()
+        wall = time.perf_counter() - t
+    return {"workers": workers, "threads": threads, "torch_threads": got, "wall": wall,
+            "faces": n_faces, "faces_per_s": n_faces / wall}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("flow", help="run the Prefect flow once (child of the overhead benchmark)")
+    f.add_argument("--audio", required=True)
+    f.add_argument("--video", required=True)
+    f.add_argument("--out", required=True)
+    f.add_argument("--precision", default="bf16")
+    f.add_argument("--chunk-frames", type=int, default=50)
+    f.add_argument("--enhance", action="store_true")
+    f.add_argument("--runner", default="dask", choices=["dask", "default"])
+    f.add_argument("--torch-threads", type=int, default=2)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-flow-") as work:
+        res = run_flow(args.audio, args.video, args.out, work, args.precision, args.chunk_frames,
+                       args.enhance, args.runner, args.torch_threads)
+    print("BENCH_RESULT " + json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()

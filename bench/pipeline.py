@@ -1,0 +1,207 @@
+"""Our pipeline as plain stage-function calls (no Prefect), timed per stage; shared by the benchmarks.
+
+As a program it is the child process of the memory benchmark: it runs the pipeline once on the given
+(already looped) clip and prints one JSON line with stage times and peak memory.
+
+    .venv/bin/python -m bench.pipeline --audio a.wav --video v.mp4 --out out.mp4 [--enhance-chunks N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("lipsync", "split_video", "extract_audio", "enhance", "combine_frames", "final_mux")
+
+
+def count_faces(faces_path: str, n_frames: int, n_source: int) -> int:
+    """Faces the enhancer restores over ``n_frames`` output frames (same rule as tasks.enhance)."""
+    from models.restorer import MIN_EYE_DISTANCE, eye_distance
+    from tasks.faces import FaceTrack
+
+    track = FaceTrack.load(faces_path)
+    per_src = np.array([sum(eye_distance(lm) >= MIN_EYE_DISTANCE for lm in track.faces_at(i))
+                        for i in range(track.n_frames)])
+    return int(sum(per_src[i % n_source] for i in range(n_frames)))
+
+
+@contextmanager
+def instrument(models: dict):
+    """Accumulate time spent inside each model's forward (``models``: name -> nn.Module, via hooks)
+    and inside CenterFace detection (the class's ``__call__`` wrapped) in this process; yields
+    {"<name>_s": seconds, "<name>_calls": n}. Product code is not changed, only observed."""
+    from models.face_detection import CenterFaceDetector
+
+    acc: dict = defaultdict(float)
+    handles = []
+    for name, m in models.items():
+        def pre(_m, _a, name=name):
+            acc[f"_{name}_t0"] = time.perf_counter()
+
+        def post(_m, _a, _o, name=name):
+            acc[f"{name}_s"] += time.perf_counter() - acc[f"_{name}_t0"]
+            acc[f"{name}_calls"] += 1
+
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    original = CenterFaceDetector.__call__
+
+    def timed_call(self, frame):
+        t = time.perf_counter()
+        try:
+            return original(self, frame)
+        finally:
+            acc["detect_s"] += time.perf_counter() - t
+            acc["detect_calls"] += 1
+
+    CenterFaceDetector.__call__ = timed_call
+    try:
+        yield acc
+    finally:
+        CenterFaceDetector.__call__ = original
+        for h in handles:
+            h.remove()
+        for k in [k for k in acc if k.startswith("_")]:
+            del acc[k]
+
+
+def loaded_models(gfpgan: bool = True) -> dict:
+    """The networks as the stages get them (models.loading caches one per process)."""
+    from models.loading import get_model
+
+    models = {"wav2lip": get_model("wav2lip", "wav2lip_gan.pth", "cpu")[0]}
+    if gfpgan:
+        models["gfpgan"] = get_model("gfpgan", "GFPGANv1.4.pth", "cpu")[0]
+    return models
+
+
+def run_ours(audio: str, video: str, out: str | Path, tmp: str | Path, precision: str = "fp32",
+             chunk_frames: int = 50, face_batch: int = 4, enhance_chunks: int = -1, crf: int = 18,
+             preset: str = "medium", batch_size: int = 32) -> dict:
+    """lipsync -> split_video -> extract_audio -> enhance_chunk (each) -> combine_frames -> final_mux.
+
+    ``enhance_chunks``: -1 enhances every chunk, N the first N only (the others are encoded as
+    lip-synced), 0 none. Returns {"times": {stage: s}, "frames", "faces", "size", ...}.
+    """
+    from tasks.audio import extract_audio
+    from tasks.combine import combine_frames, final_mux
+    from tasks.enhance import EnhanceOptions, enhance_chunk
+    from tasks.lipsync import LipsyncOptions, lipsync
+    from tasks.split import split_video
+
+    tmp = Path(tmp)
+    times: dict[str, float] = {}
+
+    hwm: dict[str, float] = {}
+
+    def timed(name, fn, *a, **kw):
+        t = time.perf_counter()
+        result = fn(*a, **kw)
+        times[name] = time.perf_counter() - t
+        hwm[name] = peak_rss_mib()["python_mib"]
+        return result
+
+    synced = timed("lipsync", lipsync, audio, video, tmp / "lipsync",
+                   LipsyncOptions(precision=precision, batch_size=batch_size))
+    chunks = timed("split_video", split_video, synced.video, synced.n_frames, tmp / "chunks", chunk_frames)
+    track = timed("extract_audio", extract_audio, synced.video, tmp / "audio")
+    opts = EnhanceOptions(precision=precision, face_batch=face_batch)
+    n_enh = len(chunks) if enhance_chunks < 0 else min(enhance_chunks, len(chunks))
+    t = time.perf_counter()
+    enhanced = [enhance_chunk(c, synced.faces, synced.n_source, synced.width, synced.height,
+                              tmp / "enhanced", opts) if c.index < n_enh else c for c in chunks]
+    times["enhance"] = time.perf_counter() - t
+    hwm["enhance"] = peak_rss_mib()["python_mib"]
+    silent = timed("combine_frames", combine_frames, enhanced, synced.width, synced.height,
+                   Fraction(synced.fps_num, synced.fps_den), tmp / "silent.mp4", crf, preset)
+    timed("final_mux", final_mux, silent, track, out)
+    enhanced_frames = sum(c.n_frames for c in chunks[:n_enh])
+    return {"times": times, "total": sum(times.values()), "frames": synced.n_frames,
+            "enhanced_frames": enhanced_frames,
+            "faces": count_faces(synced.faces, enhanced_frames, synced.n_source),
+            "size": [synced.width, synced.height], "precision": precision, "chunks": len(chunks),
+            "enhanced_chunks": n_enh, "peak_after_stage_mib": hwm}
+
+
+def peak_rss_mib() -> dict:
+    """This process's peak resident set (VmHWM, exact), MiB."""
+    hwm = 0.0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) / 1024
+    return {"python_mib": hwm}
+
+
+class TreeSampler:
+    """Peak of the summed RSS of this process and all its descendants (the ffmpeg pipes), sampled
+    every ``interval`` s in a thread. (getrusage's RUSAGE_CHILDREN is no use here: a forked ffmpeg
+    starts with the parent's RSS on its books.)"""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import threading
+
+        self.interval, self.peak, self.ffmpeg_peak = interval, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = kids = 0
+            try:
+                total = me.memory_info().rss
+                for c in me.children(recursive=True):
+                    try:
+                        kids += c.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            self.peak = max(self.peak, total + kids)
+            self.ffmpeg_peak = max(self.ffmpeg_peak, kids)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "TreeSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--audio", required=True)
+    p.add_argument("--video", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    p.add_argument("--chunk-frames", type=int, default=50)
+    p.add_argument("--enhance-chunks", type=int, default=-1)
+    p.add_argument("--preset", default="medium")
+    p.add_argument("--instrument", action="store_true", help="also time model forwards and detection "
+                   "(loads both models before the run)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-pipe-") as tmp, TreeSampler() as tree:
+        if args.instrument:
+            with instrument(loaded_models(gfpgan=args.enhance_chunks != 0)) as acc:
+                res = run_ours(args.audio, args.video, args.out, tmp, args.precision, args.chunk_frames,
+                               enhance_chunks=args.enhance_chunks, preset=args.preset)
+            res["inside"] = dict(acc)
+        else:
+            res = run_ours(args.audio, args.video, args.out, tmp, args.precision, args.chunk_frames,
+                           enhance_chunks=args.enhance_chunks, preset=args.preset)
+    res["peak"] = {**peak_rss_mib(), "tree_mib": tree.peak / 2**20, "ffmpeg_mib": tree.ffmpeg_peak / 2**20}
+    print("BENCH_RESULT " + json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Where enhancement chunks run: a Dask cluster (local, existing scheduler, or one worker per GPU).
+
+The flow runs the single-stream stages in its own process (all cores or the first GPU) and maps
+enhancement over chunks on the runner chosen here. Every Dask worker is given the Prefect API URL of
+the run, so it reports to the same server instead of starting a temporary one of its own, and its
+torch thread count, so workers sharing a machine do not fight over cores.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+def current_api_url() -> str | None:
+    """The Prefect API this process talks to: the configured one, or the temporary local server."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if url:
+        return url
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer._instances.get(None)  # the one ephemeral mode starts
+        if server is not None and getattr(server, "server_process", None) is not None:
+            return server.api_url
+    except ImportError:
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    n_workers: int
+    threads_per_worker: int
+    gpus: int
+
+
+def plan_local_cluster(n_workers: int | None = None, cpus: int | None = None, mem_gb: float | None = None,
+                       gpus: int | None = None) -> ClusterPlan:
+    """Size a local cluster to the machine: one worker per GPU when there are GPUs; otherwise one
+    per core, at most one per ~3 GB of memory (a GFPGAN worker peaks near 1.5 GB) and 8 in all."""
+    cpus = cpus or os.cpu_count() or 1
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    if mem_gb is None:
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    if n_workers is None:
+        n_workers = gpus if gpus else max(1, min(cpus, int(mem_gb // 3), 8))
+    return ClusterPlan(n_workers, max(1, cpus // n_workers), gpus)
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "WAV2LIP_HQ_TORCH_THREADS": str(threads)}
+    url = current_api_url()
+    if url:
+        env["PREFECT_API_URL"] = url
+    for name in ("WAV2LIP_HQ_MODELS_DIR", "WAV2LIP_HQ_WORK_DIR", "WAV2LIP_HQ_FFMPEG", "WAV2LIP_HQ_STORAGE_BLOCK"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
+def local_cluster(n_workers: int, threads_per_worker: int, gpus: int = 0, **kwargs):
+    """A Dask cluster on this machine, created when the runner first needs it (inside the run)."""
+    env = worker_env(threads_per_worker)
+    if gpus:
+        from dask_cuda import LocalCUDACluster
+
+        cluster = LocalCUDACluster(n_workers=n_workers, threads_per_worker=1, resources={"GPU": 1},
+                                   env=env, **kwargs)
+    else:
+        from distributed import LocalCluster
+
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines drown the run's own
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, env=env,
+                               dashboard_address=":0", silence_logs=logging.WARNING, **kwargs)
+    try:
+        # a worker that cannot start would leave tasks waiting forever: fail loudly instead
+        cluster.wait_for_workers(n_workers, timeout=180)
+    except Exception:
+        cluster.close()
+        raise
+    return cluster
+
+
+def enhancement_runner(dask_address: str | None = None, dask_workers: int | None = None):
+    """The task runner for enhancement chunks, and whether its tasks must ask for a GPU.
+
+    ``dask_address`` (or ``WAV2LIP_HQ_DASK_ADDRESS``): an existing scheduler whose workers import this
+    project. ``dask_workers=0``: no Dask, chunks run one at a time in the flow's process.
+    """
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    address = dask_address or os.environ.get("WAV2LIP_HQ_DASK_ADDRESS") or None
+    if address:
+        from prefect_dask import DaskTaskRunner
+
+        gpu = os.environ.get("WAV2LIP_HQ_DASK_GPU", "0") == "1"
+        return DaskTaskRunner(address=address), gpu
+    if dask_workers == 0:
+        return ThreadPoolTaskRunner(max_workers=1), False
+    from prefect_dask import DaskTaskRunner
+
+    plan = plan_local_cluster(dask_workers)
+    runner = DaskTaskRunner(cluster_class=local_cluster,
+                            cluster_kwargs={"n_workers": plan.n_workers,
+                                            "threads_per_worker": plan.threads_per_worker,
+                                            "gpus": plan.gpus})
+    return runner, plan.gpus > 0

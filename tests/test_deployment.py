@@ -1,0 +1,134 @@
+"""Production path with real components: a Prefect server (SQLite), `prefect deploy`, a process worker,
+`prefect deployment run ... -p`, the output landing in an S3 server, and the UI's run form in Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOT = REPO / "docs" / "prefect-run-form.png"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`prefect server start` on a free port with its own SQLite database."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError((home / "server.log").read_text()[-2000:])
+        time.sleep(0.5)
+    else:
+        raise RuntimeError("prefect server did not start: " + (home / "server.log").read_text()[-2000:])
+    client_env = {**env, "PREFECT_API_URL": api}
+    yield {"api": api, "ui": f"http://127.0.0.1:{port}", "env": client_env, "home": home}
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def prefect(server, *args, timeout=300, env=None) -> subprocess.CompletedProcess:
+    r = subprocess.run([PREFECT, *args], cwd=REPO, env={**server["env"], **(env or {})}, capture_output=True,
+                       text=True, timeout=timeout)
+    assert r.returncode == 0, f"prefect {' '.join(args)}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def deployed(server, s3_server):
+    prefect(server, "work-pool", "create", "wav2lip-hq", "--type", "process")
+    prefect(server, "--no-prompt", "deploy", "--all",
+            env={"WAV2LIP_HQ_BATCH_INPUT": "s3://batch-in", "WAV2LIP_HQ_BATCH_OUTPUT": "s3://batch-out"})
+    deployments = httpx.post(f"{server['api']}/deployments/filter", json={}).json()
+    return {d["name"]: d for d in deployments}
+
+
+def test_deployments_are_declared(deployed):
+    assert {"on-demand", "bucket-batch"} <= set(deployed)
+    schema = deployed["on-demand"]["parameter_openapi_schema"]["properties"]
+    assert schema["audio"]["title"] == "Audio" and "lip-sync" in schema["audio"]["description"]
+    assert schema["blend"]["maximum"] == 1.0 and schema["upscale"]["enum"] == [1, 2]
+    batch = deployed["bucket-batch"]
+    assert batch["parameters"]["input_prefix"] == "s3://batch-in"
+    assert [s["schedule"]["cron"] for s in batch["schedules"]] == ["*/30 * * * *"]
+
+
+def test_deployment_run_through_a_process_worker(server, deployed, models_dir, s3_server, s3, media_dir,
+                                                 tmp_path):
+    from tests.conftest import ffmpeg, make_face_clip
+
+    clip, audio = tmp_path / "v.mp4", tmp_path / "a.wav"
+    make_face_clip(clip, 0.32, fps=25, size=256)
+    ffmpeg("-i", str(clip), "-vn", str(audio))
+    for b in ("dep-in", "dep-out", "dep-work"):
+        s3.mkdir(b)
+    s3.put_file(str(audio), "dep-in/a.wav")
+    s3.put_file(str(clip), "dep-in/v.mp4")
+    r = prefect(server, "deployment", "run", "wav2lip-hq/on-demand", "-p", "audio=s3://dep-in/a.wav",
+                "-p", "video=s3://dep-in/v.mp4", "-p", "output=s3://dep-out/result.mp4",
+                "-p", "work_dir=s3://dep-work/w", "-p", "precision=bf16", "-p", "chunk_frames=4",
+                "-p", "dask_workers=2")
+    assert "Created flow run" in r.stdout
+    worker_env = {"WAV2LIP_HQ_MODELS_DIR": str(models_dir), **{k: v for k, v in s3_server.items() if k != "endpoint"}}
+    prefect(server, "worker", "start", "--pool", "wav2lip-hq", "--run-once", timeout=900, env=worker_env)
+    runs = httpx.post(f"{server['api']}/flow_runs/filter", json={}).json()
+    states = [fr["state"]["type"] for fr in runs if fr["deployment_id"] == deployed["on-demand"]["id"]]
+    assert states == ["COMPLETED"], states
+    assert s3.exists("dep-out/result.mp4") and s3.info("dep-out/result.mp4")["size"] > 1000
+    # the run's artifacts: timings table, output link, before/after picture, progress
+    arts = httpx.post(f"{server['api']}/artifacts/filter", json={}).json()
+    keys = {a["key"] for a in arts}
+    assert {"stage-timings", "output", "before-after", "enhancement-progress"} <= keys
+    progress = [a for a in arts if a["key"] == "enhancement-progress"]
+    assert progress and progress[-1]["data"] == 100.0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_ui_run_form_shows_our_parameters(server, deployed, tmp_path):
+    url = f"{server['ui']}/deployments/deployment/{deployed['on-demand']['id']}/run"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=25000", "--window-size=1280,2200"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
+    assert dom.returncode == 0, dom.stderr[-1000:]
+    for title in ("Audio", "Video or portrait", "Output", "Restoration strength", "GFPGAN version",
+                  "Frames without a face"):
+        assert title in dom.stdout, title
+    shot = tmp_path / "form.png"
+    r = subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", url], capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0 and shot.stat().st_size > 10_000
+    if os.environ.get("WAV2LIP_HQ_UPDATE_SCREENSHOT") == "1":  # refresh the README's picture
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, SCREENSHOT)

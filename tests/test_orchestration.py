@@ -1,0 +1,222 @@
+"""Orchestration: content-keyed caching and resume, retries, Dask workers, S3 end to end, batch."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fsspec
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+
+from core.errors import InputError
+from tests.conftest import REPO, ffmpeg, make_face_clip
+
+
+@pytest.fixture(scope="module")
+def tiny(media_dir) -> dict:
+    """A short face clip (8 frames at 25 fps) and 0.32 s of audio: a few GFPGAN faces only."""
+    clip = media_dir / "tiny.mp4"
+    audio = media_dir / "tiny.wav"
+    if not clip.exists():
+        make_face_clip(clip, 0.32, fps=25, size=256)
+        ffmpeg("-i", str(clip), "-vn", "-ac", "1", str(audio))
+    return {"video": str(clip), "audio": str(audio)}
+
+
+# ---------------------------------------------------------------------------------- cache keys
+def test_cache_key_follows_content_parameters_and_weights(models_dir, tiny, tmp_path):
+    from tasks.lipsync import LipsyncOptions, _parts
+    from tasks.probe import probe_job
+    from core.workarea import stage_key
+
+    def key(audio, video, opts=LipsyncOptions()):
+        return stage_key("lipsync", "1", **_parts(probe_job(audio, video, str(tmp_path / "o.mp4")), opts))
+
+    base = key(tiny["audio"], tiny["video"])
+    moved = tmp_path / "elsewhere" / "renamed.mp4"
+    moved.parent.mkdir()
+    shutil.copyfile(tiny["video"], moved)
+    assert key(tiny["audio"], str(moved)) == base                      # only the path changed
+    assert key(tiny["audio"], tiny["video"], LipsyncOptions(pads=(0, 20, 0, 0))) != base  # a parameter
+    changed = tmp_path / "changed.wav"
+    ffmpeg("-i", tiny["audio"], "-af", "volume=0.5", str(changed))
+    assert key(str(changed), tiny["video"]) != base                    # the content
+    other_models = tmp_path / "models"
+    other_models.mkdir()
+    from tests.checkpoints import make_wav2lip_checkpoint
+
+    make_wav2lip_checkpoint(other_models / "wav2lip_gan.pth", seed=99)
+    os.environ["WAV2LIP_HQ_MODELS_DIR"] = str(other_models)
+    try:
+        assert key(tiny["audio"], tiny["video"]) != base               # the weights
+    finally:
+        os.environ["WAV2LIP_HQ_MODELS_DIR"] = str(models_dir)
+
+
+# ---------------------------------------------------------------------------------- retries
+class FlakyFS(MemoryFileSystem):
+    """An object store whose first writes fail like a network hiccup."""
+
+    protocol = ("flaky",)
+    failures_left = 0
+    attempts = 0
+
+    def put_file(self, lpath, rpath, **kwargs):
+        FlakyFS.attempts += 1
+        if FlakyFS.failures_left > 0:
+            FlakyFS.failures_left -= 1
+            raise ConnectionError("connection reset by peer (simulated)")
+        return super().put_file(lpath, rpath, **kwargs)
+
+
+fsspec.register_implementation("flaky", FlakyFS, clobber=True)
+
+
+def test_storage_failing_first_writes_is_retried(prefect_server, models_dir, tiny, tmp_path):
+    from flows.lipsync_hq import lipsync_hq
+
+    fs = fsspec.filesystem("flaky")
+    fs.mkdir("/outbox")
+    FlakyFS.failures_left, FlakyFS.attempts = 2, 0
+    out = lipsync_hq(audio=tiny["audio"], video=tiny["video"], output="flaky://outbox/result.mp4",
+                     work_dir=str(tmp_path / "w"), enhance=False)
+    assert out == "flaky://outbox/result.mp4"
+    assert FlakyFS.attempts == 3 and fs.cat("/outbox/result.mp4")[4:8] == b"ftyp"
+
+
+def test_bad_input_is_not_retried(prefect_server, models_dir, tiny, tmp_path, monkeypatch):
+    import tasks.probe
+    from flows.lipsync_hq import lipsync_hq
+
+    calls = []
+    real = tasks.probe.probe_job
+    monkeypatch.setattr(tasks.probe, "probe_job", lambda *a, **k: calls.append(a) or real(*a, **k))
+    with pytest.raises(InputError, match="file not found"):
+        lipsync_hq(audio=str(tmp_path / "missing.wav"), video=tiny["video"], output=str(tmp_path / "o.mp4"),
+                   work_dir=str(tmp_path / "w"))
+    assert len(calls) == 1
+
+
+def test_transient_errors_are_retried_and_bad_input_is_not():
+    from core.errors import is_retryable
+    from core.storage import StorageAccessError, StorageUnreachableError
+    from models.checkpoint import CheckpointError
+
+    assert is_retryable(ConnectionError("reset")) and is_retryable(StorageUnreachableError("down"))
+    assert is_retryable(RuntimeError("ffmpeg failed")) and is_retryable(OSError("disk"))
+    for bad in (InputError("x"), StorageAccessError("denied"), CheckpointError("keys")):
+        assert not is_retryable(bad)
+
+
+# ---------------------------------------------------------------------------------- resume
+def _enhance_manifests(work: Path) -> list[Path]:
+    return sorted((work / "enhance").glob("*/manifest.json"))
+
+
+def test_killed_run_resumes_with_only_the_missing_chunks(prefect_server, models_dir, tiny, tmp_path, monkeypatch):
+    from flows.runners import current_api_url
+
+    work = tmp_path / "work"
+    out = tmp_path / "out.mp4"
+    args = dict(audio=tiny["audio"], video=tiny["video"], output=str(out), work_dir=str(work),
+                chunk_frames=2, precision="bf16", dask_workers=0)
+    code = f"from flows.lipsync_hq import lipsync_hq; lipsync_hq(**{args!r})"
+    env = {**os.environ, "PREFECT_API_URL": current_api_url()}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while len(_enhance_manifests(work)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(_enhance_manifests(work))
+    assert 2 <= done_before < 4 and not out.exists()
+
+    import tasks.enhance
+    from flows.lipsync_hq import lipsync_hq
+
+    real, calls = tasks.enhance.enhance_chunk, []
+    monkeypatch.setattr(tasks.enhance, "enhance_chunk", lambda *a, **k: calls.append(a[0].index) or real(*a, **k))
+    lipsync_hq(**args)
+    assert len(calls) == 4 - done_before  # n - k chunk enhancements, no more
+    assert out.is_file()
+    calls.clear()
+    lipsync_hq(**{**args, "output": str(tmp_path / "again.mp4")})
+    assert calls == []  # a finished job does no model work at all
+    lipsync_hq(**{**args, "output": str(tmp_path / "fresh.mp4"), "refresh": True})
+    assert sorted(calls) == [0, 1, 2, 3]  # --refresh ignores the cache
+
+
+# ---------------------------------------------------------------------------------- Dask + S3
+def test_s3_end_to_end_on_two_dask_workers(prefect_server, models_dir, tiny, s3):
+    from core.media import probe_video
+    from flows.lipsync_hq import lipsync_hq
+
+    for b in ("media-in", "media-out", "media-work"):
+        s3.mkdir(b)
+    s3.put_file(tiny["audio"], "media-in/a.wav")
+    s3.put_file(tiny["video"], "media-in/v.mp4")
+    out = lipsync_hq(audio="s3://media-in/a.wav", video="s3://media-in/v.mp4",
+                     output="s3://media-out/result.mp4", work_dir="s3://media-work/w", chunk_frames=2,
+                     precision="bf16", dask_workers=2)
+    assert out == "s3://media-out/result.mp4" and s3.exists("media-out/result.mp4")
+    local = Path(os.environ.get("TMPDIR", "/tmp")) / f"s3-result-{os.getpid()}.mp4"
+    s3.get_file("media-out/result.mp4", str(local))
+    try:
+        assert probe_video(local).n_frames == 8
+    finally:
+        local.unlink()
+    workers = {json.loads(s3.cat(m))["worker"] for m in s3.glob("media-work/w/enhance/*/manifest.json")}
+    assert len(s3.glob("media-work/w/enhance/*/manifest.json")) == 4
+    assert len(workers) == 2, workers  # both Dask worker processes enhanced chunks
+
+
+# ---------------------------------------------------------------------------------- batch
+def test_batch_three_good_one_bad_then_idempotent(prefect_server, models_dir, tiny, portrait, s3):
+    from flows.batch import REPORT_NAME, batch
+
+    s3.mkdir("batch-in")
+    s3.mkdir("batch-out")
+    for name in ("alice", "bob"):
+        s3.put_file(tiny["audio"], f"batch-in/{name}.wav")
+        s3.put_file(tiny["video"], f"batch-in/{name}.mp4")
+    s3.put_file(tiny["audio"], "batch-in/nested/carol.wav")
+    s3.put_file(str(portrait), "batch-in/nested/carol.png")
+    s3.pipe("batch-in/dave.mp3", b"this is not audio at all")
+    s3.put_file(tiny["video"], "batch-in/dave.mp4")
+
+    result = batch(input_prefix="s3://batch-in", output_prefix="s3://batch-out", max_concurrent=2,
+                   options={"enhance": False}, dask_workers=0)
+    assert (result["done"], result["skipped"], result["failed"]) == (3, 0, 1)
+    bad = next(j for j in result["jobs"] if j["status"] == "failed")
+    assert bad["name"] == "dave" and "dave.mp3" in bad["error"] and "not a media file" in bad["error"]
+    for key in ("batch-out/alice.mp4", "batch-out/bob.mp4", "batch-out/nested/carol.mp4"):
+        assert s3.exists(key)
+    assert not s3.exists("batch-out/dave.mp4")
+    saved = json.loads(s3.cat(f"batch-out/{REPORT_NAME}"))
+    assert saved["failed"] == 1 and {j["name"] for j in saved["jobs"]} == {"alice", "bob", "nested/carol", "dave"}
+
+    before = {k: s3.info(k)["LastModified"] for k in s3.find("batch-out") if k.endswith(".mp4")}
+    again = batch(input_prefix="s3://batch-in", output_prefix="s3://batch-out", options={"enhance": False},
+                  dask_workers=0)
+    assert (again["done"], again["skipped"], again["failed"]) == (0, 3, 1)
+    after = {k: s3.info(k)["LastModified"] for k in s3.find("batch-out") if k.endswith(".mp4")}
+    assert after == before
+
+
+def test_output_names_cannot_escape_the_prefix():
+    from flows.batch import safe_output
+
+    assert safe_output("s3://out", "a/b") == "s3://out/a/b.mp4"
+    assert safe_output("s3://out", "we ird$name") == "s3://out/we_ird_name.mp4"
+    assert safe_output("/data/out", ".hidden") == "/data/out/hidden.mp4"
+    for evil in ("../x", "a/../../x", "/", "..", "a/../.."):
+        with pytest.raises(ValueError):
+            safe_output("s3://out", evil)
+    assert safe_output("s3://out", "/abs/path").startswith("s3://out/")
