@@ -126,7 +126,13 @@ def local_copy(url: str, role: str = "input") -> Iterator[str]:
                 raise InputError(f"{role} {redact(url)}: not found")
             local = os.path.join(tmp, os.path.basename(path) or "input")
             fs.get_file(path, local)
-        yield local
+        try:
+            yield local
+        except InputError as exc:
+            # errors found in the downloaded copy must name the input as the user gave it
+            if local in str(exc):
+                raise type(exc)(str(exc).replace(local, redact(url))) from exc
+            raise
 
 
 def check_output(url: str, inputs: list[str]) -> None:
@@ -153,7 +159,7 @@ def check_output(url: str, inputs: list[str]) -> None:
         raise InputError(f"output {redact(url)}: is the same object as an input; choose another output URL")
     with storage_errors(url, "output"):
         fs, path = url_to_fs(url)
-        bucket = path.split("/", 1)[0]
+        bucket = path.lstrip("/").split("/", 1)[0]
         if not fs.exists(bucket):
             raise StorageAccessError(f"output {redact(url)}: bucket {bucket} does not exist or is not visible")
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
 import socket
 import tempfile
 import time
@@ -72,12 +73,6 @@ class WorkArea:
         except (FileNotFoundError, ValueError):
             return None
 
-    def _clear(self, stage: str, key: str) -> None:
-        url = self.stage_url(stage, key)
-        fs, path = url_to_fs(url)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-
 
 def run_stage(work: WorkArea, stage: str, version: str, parts: dict,
               produce: Callable[[Path], dict], refresh: bool = False) -> dict:
@@ -95,27 +90,46 @@ def run_stage(work: WorkArea, stage: str, version: str, parts: dict,
         if done is not None:
             get_logger().info("%s: reusing finished output %s", stage, redact(work.stage_url(stage, key)))
             return {**done, "reused": True}
-    work._clear(stage, key)
     url = work.stage_url(stage, key)
     start = time.perf_counter()
+
+    def stamp(manifest: dict, size: int) -> dict:
+        manifest.update(key=key, seconds=round(time.perf_counter() - start, 3), bytes=size,
+                        worker=f"{socket.gethostname()}:{os.getpid()}")
+        return manifest
+
     if work.remote:
+        # no clearing: a concurrent run of the same key writes the same bytes (deterministic stages),
+        # leftovers of an interrupted attempt are overwritten, and the manifest is written last
         with tempfile.TemporaryDirectory(prefix=f"wav2lip-hq-{stage}-") as tmp:
-            manifest = dict(produce(Path(tmp)))
-            size = _tree_bytes(Path(tmp))
+            manifest = stamp(_rebase(dict(produce(Path(tmp))), tmp, url), _tree_bytes(Path(tmp)))
             fs, path = url_to_fs(url)
             for local in sorted(Path(tmp).rglob("*")):
                 if local.is_file():
                     fs.put_file(str(local), f"{path}/{local.relative_to(tmp).as_posix()}")
-            manifest = _rebase(manifest, tmp, url)
-    else:
-        out_dir = Path(url)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        manifest = dict(produce(out_dir))
-        size = _tree_bytes(out_dir)
-    manifest.update(key=key, seconds=round(time.perf_counter() - start, 3), bytes=size,
-                    worker=f"{socket.gethostname()}:{os.getpid()}")
-    _write_manifest(url, manifest)
-    return {**manifest, "reused": False}
+        _write_manifest(url, manifest)
+        return {**manifest, "reused": False}
+
+    final = Path(url)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # produce beside the final place, manifest included, then rename: the key's directory appears
+    # complete or not at all, whatever a concurrent or interrupted attempt does
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    try:
+        manifest = stamp(_rebase(dict(produce(tmp)), str(tmp), str(final)), _tree_bytes(tmp))
+        _write_manifest(str(tmp), manifest)
+        if final.exists() and work.finished(stage, key) is None:
+            shutil.rmtree(final)  # an unfinished directory of an older layout
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            done = work.finished(stage, key)
+            if done is None:
+                raise
+            return {**done, "reused": True}  # a concurrent run finished first: same content
+        return {**manifest, "reused": False}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tree_bytes(d: Path) -> int:

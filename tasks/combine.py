@@ -76,9 +76,12 @@ def _mux_parts(video: dict, audio: dict, **_) -> dict:
     return {"video": video["key"], "audio": audio["key"]}
 
 
-@stage_task("final_mux", stage="mux", version=VERSION, parts=_mux_parts)
+@stage_task("final_mux")
 def final_mux_task(video: dict, audio: dict, output: str, work_root: str, refresh: bool = False) -> dict:
-    """Mux into the work area, then publish to the output URL in one atomic step."""
+    """Mux into the work area (reused when finished), then publish to the output URL in one atomic step.
+
+    Not cached by Prefect: publishing depends on the output URL, and must happen on every run (two
+    jobs with the same content and different outputs each get their file)."""
     suffix = Path(output).suffix or ".mp4"
 
     def produce(out_dir: Path) -> dict:
