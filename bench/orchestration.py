@@ -128,6 +128,8 @@ def enhance_throughput(synced, chunks: list, n_faces: int, out_dir: Path, worker
     """Wall time of enhance_chunk over ``chunks`` on a LocalCluster(n_workers=workers, 1 thread each)."""
     from distributed import Client, LocalCluster, wait
 
+    from bench.load import CpuShare
+
     env = {k: os.environ[k] for k in ("WAV2LIP_HQ_MODELS_DIR", "WAV2LIP_HQ_FFMPEG") if k in os.environ}
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
@@ -135,15 +137,14 @@ def enhance_throughput(synced, chunks: list, n_faces: int, out_dir: Path, worker
         client.register_plugin(TorchThreads(threads))
         addrs = list(client.scheduler_info()["workers"])
         got = client.gather([client.submit(_warm, precision, workers=[a], pure=False) for a in addrs])
-        t = time.perf_counter()
-        futs = [client.submit(_enhance, c, synced.faces, synced.n_source, synced.width, synced.height,
-                              str(out_dir), precision, pure=False) for c in chunks]
-        wait(futs)
+        with CpuShare() as share:
+            futs = [client.submit(_enhance, c, synced.faces, synced.n_source, synced.width, synced.height,
+                                  str(out_dir), precision, pure=False) for c in chunks]
+            wait(futs)
         for f in futs:
             f.result()
-        wall = time.perf_counter() - t
-    return {"workers": workers, "threads": threads, "torch_threads": got, "wall": wall,
-            "faces": n_faces, "faces_per_s": n_faces / wall}
+    return {"workers": workers, "threads": threads, "torch_threads": got, "wall": share.wall,
+            "cpu": share.ours, "others_cores": share.others, "faces": n_faces, "faces_per_s": n_faces / share.wall}
 
 
 def main() -> None:

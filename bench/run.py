@@ -88,13 +88,15 @@ def clip(tmp: Path, seconds: float) -> tuple[str, str]:
 
 def child(args: list[str], env: dict | None = None) -> dict:
     """Run ``python -m <args>`` from the repository; return its BENCH_RESULT JSON."""
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
-                          env=env or os.environ.copy())
+    from bench.load import CpuShare
+
+    with CpuShare() as share:
+        proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
+                              env=env or os.environ.copy())
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
             res = json.loads(line[len("BENCH_RESULT "):])
-            res["process_wall"] = time.perf_counter() - t
+            res["process_wall"], res["process_cpu"], res["others_cores"] = share.wall, share.ours, share.others
             return res
     raise RuntimeError(f"child {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
 
@@ -117,18 +119,19 @@ def warm_models(precisions: list[str]) -> None:
 # ------------------------------------------------------------------------------------ 1: end to end
 def bench_end_to_end(cfg: Config, tmp: Path, table: Table, precision: str, out: dict) -> None:
     from bench.baseline import run_baseline
+    from bench.load import CpuShare
     from bench.pipeline import instrument, loaded_models, run_ours
 
     audio, video = clip(tmp, cfg.e2e_seconds)
     warm_models(sorted({"fp32", precision}))
     res = {}
-    with instrument(loaded_models()) as acc:
+    with instrument(loaded_models()) as acc, CpuShare() as share:
         res["baseline"] = run_baseline(audio, video, tmp / "e2e_baseline.mp4", tmp / "e2e_baseline")
-    res["baseline"]["inside"] = dict(acc)
+    res["baseline"].update(inside=dict(acc), share=share.as_dict())
     for p in sorted({"fp32", precision}, reverse=True):
-        with instrument(loaded_models()) as acc:
+        with instrument(loaded_models()) as acc, CpuShare() as share:
             res[f"ours_{p}"] = run_ours(audio, video, tmp / f"e2e_ours_{p}.mp4", tmp / f"e2e_ours_{p}", p)
-        res[f"ours_{p}"]["inside"] = dict(acc)
+        res[f"ours_{p}"].update(inside=dict(acc), share=share.as_dict())
     out["1_end_to_end"] = res
     b = res["baseline"]
     table.add("1", "clip", f"{b['frames']} frames {b['size'][0]}x{b['size'][1]}, faces restored: "
@@ -139,8 +142,11 @@ def bench_end_to_end(cfg: Config, tmp: Path, table: Table, precision: str, out: 
         groups = {"lipsync": t["lipsync"], "enhance": t["split_video"] + t["enhance"],
                   "encode+mux": t["extract_audio"] + t["combine_frames"] + t["final_mux"]}
         ratio = o["total"] / b["total"]
+        cpu = o["share"]["cpu"] / b["share"]["cpu"]
         table.add("1", f"end to end, ours {p} / baseline fp32", f"{o['total']:.1f} / {b['total']:.1f} s "
-                  f"= {ratio:.2f} ({1 / ratio:.2f}x faster)", ">= 3x faster", 1 / ratio >= 3)
+                  f"= {ratio:.2f} ({1 / ratio:.2f}x faster); CPU time {cpu:.2f}; others used "
+                  f"{o['share']['others_cores']:.1f} / {b['share']['others_cores']:.1f} cores", ">= 3x faster",
+                  1 / ratio >= 3)
         table.add("1", f"  per stage ours {p} / baseline", ", ".join(
             f"{k} {groups[k]:.1f}/{b['groups'][k]:.1f}={groups[k] / b['groups'][k]:.2f}" for k in groups))
     bi = b["inside"]
@@ -164,7 +170,8 @@ def bench_memory(cfg: Config, tmp: Path, table: Table, precision: str, out: dict
             "encoded as lip-synced")
     table.add("2", "measured", f"{precision}, every stage streamed; {what}")
     for s, r in res.items():
-        table.add("2", f"{s:g} s clip ({r['frames']} frames)", f"peak RSS {r['peak']['python_mib']:.0f} MiB "
+        table.add("2", f"{s:g} s clip ({r['frames']} frames, {r['process_wall']:.0f} s, others used "
+                  f"{r['others_cores']:.1f} cores)", f"peak RSS {r['peak']['python_mib']:.0f} MiB "
                   f"(with ffmpeg pipes, sampled: {r['peak']['tree_mib']:.0f}); python peak after each stage: " + ", ".join(
                       f"{k} {v:.0f}" for k, v in r["peak_after_stage_mib"].items()))
     ratio = long["peak"]["python_mib"] / short["peak"]["python_mib"]
@@ -234,6 +241,14 @@ def wav2lip_forward_time(frames: int, precision: str, batch: int = 32) -> float:
 
 
 def bench_floor(cfg: Config, tmp: Path, table: Table, precision: str, out: dict) -> None:
+    from bench.load import CpuShare
+
+    with CpuShare() as share:
+        _bench_floor(cfg, tmp, table, precision, out)
+    table.add("3", "machine", f"others used {share.others:.1f} cores during benchmark 3")
+
+
+def _bench_floor(cfg: Config, tmp: Path, table: Table, precision: str, out: dict) -> None:
     import torch
 
     fl = count_flops()
@@ -368,6 +383,7 @@ def bench_overhead(cfg: Config, tmp: Path, table: Table, precision: str, out: di
     out["4_overhead"] = res
     best = lambda runs, key: min((r[key] for r in runs if "error" not in r), default=None)  # noqa: E731
     plain_t, plain_w = best(res["plain"], "total"), best(res["plain"], "process_wall")
+    plain_c = best(res["plain"], "process_cpu")
     table.add("4", "measured", f"{cfg.overhead_seconds:g} s clip ({res['plain'][0]['frames']} frames), {precision}, "
               f"enhance {'on' if cfg.overhead_enhance else 'off'}, fastest of {cfg.overhead_repeats} interleaved "
               f"run(s); Prefect server started once beforehand ({res['server_startup']:.1f} s, not counted)")
@@ -380,9 +396,12 @@ def bench_overhead(cfg: Config, tmp: Path, table: Table, precision: str, out: di
                       False if target else None)
             continue
         t, w = best(runs, "total"), best(runs, "process_wall")
+        c = best(runs, "process_cpu")
         ovh = t / plain_t - 1
+        others = ", ".join(f"{r['others_cores']:.1f}" for r in [*res["plain"], *runs] if "error" not in r)
         table.add("4", f"{label} vs plain", f"{t:.1f} / {plain_t:.1f} s = {100 * ovh:+.1f}% (whole process incl. "
-                  f"imports: {w:.1f} / {plain_w:.1f} s = {100 * (w / plain_w - 1):+.1f}%)", target,
+                  f"imports: {w:.1f} / {plain_w:.1f} s = {100 * (w / plain_w - 1):+.1f}%; CPU time "
+                  f"{100 * (c / plain_c - 1):+.1f}%; others used {others} cores)", target,
                   ovh <= 0.05 if target else None)
 
 
@@ -407,7 +426,8 @@ def bench_scaling(cfg: Config, tmp: Path, table: Table, precision: str, out: dic
               "models loaded and warmed in each worker first")
     for k, r in res.items():
         table.add("5", f"{r['workers']} worker(s) x {r['threads']} torch thread(s)",
-                  f"{r['faces_per_s'] * 60:.1f} faces/min ({r['wall']:.1f} s)")
+                  f"{r['faces_per_s'] * 60:.1f} faces/min ({r['wall']:.1f} s; others used "
+                  f"{r['others_cores']:.1f} cores)")
     sp = res["2x1"]["faces_per_s"] / res["1x1"]["faces_per_s"]
     table.add("5", "throughput 2 workers / 1 worker (1 thread each)", f"{sp:.2f}x", ">= 1.8x", sp >= 1.8)
     table.add("5", "  2 workers x 1 thread / 1 worker x 2 threads",

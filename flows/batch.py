@@ -178,21 +178,26 @@ def run_job(job: Job, options: dict, dask_address: str | None) -> Job:
 
 @flow(name="wav2lip-hq-batch", log_prints=True)
 def batch(
-    input_prefix: Annotated[str, Field(title="Input prefix", description="Folder or bucket prefix with the "
-                                       "pairs, e.g. s3://media/incoming (name.wav + name.mp4 -> job 'name').")],
-    output_prefix: Annotated[str, Field(title="Output prefix", description="Where name.mp4 results and the "
-                                        "report go, e.g. s3://media/lipsynced.")],
-    manifest: Annotated[str | None, Field(title="Job manifest", description="JSON or CSV of name, audio, "
-                                          "video (default: jobs.json / jobs.csv at the input prefix, else "
-                                          "names are matched).")] = None,
-    max_concurrent: Annotated[int, Field(ge=1, le=64, title="Jobs at a time")] = 2,
-    options: Annotated[dict[str, Any] | None, Field(title="Job options", description="Options of the "
-                                                    "wav2lip-hq flow for every job, e.g. {\"upscale\": 2}.")] = None,
-    dask_workers: Annotated[int | None, Field(ge=0, title="Local Dask workers", description="Size of the "
-                                              "cluster the jobs share (default: sized to the machine; 0: no Dask)."
-                                              )] = None,
+    input_prefix: str,
+    output_prefix: str,
+    manifest: str | None = None,
+    max_concurrent: Annotated[int, Field(ge=1, le=64)] = 2,
+    options: dict[str, Any] | None = None,
+    dask_workers: Annotated[int | None, Field(ge=0)] = None,
 ) -> dict:
-    """Lip-sync every pair under ``input_prefix`` into ``output_prefix``; returns the report."""
+    """Lip-sync every (audio, video) pair under an input prefix into an output prefix.
+
+    Args:
+        input_prefix: Folder or bucket prefix holding the pairs, e.g. s3://media/incoming
+            (name.wav + name.mp4 make the job 'name').
+        output_prefix: Where name.mp4 results and wav2lip-hq-report.json go, e.g. s3://media/lipsynced.
+        manifest: JSON or CSV listing name, audio, video (default: jobs.json or jobs.csv at the input
+            prefix, else names are matched).
+        max_concurrent: Jobs running at the same time.
+        options: Options of the wav2lip-hq flow applied to every job, e.g. {"upscale": 2}.
+        dask_workers: Size of the local Dask cluster the jobs share (default: sized to the machine;
+            0: no Dask).
+    """
     from flows import report
     from flows.runners import local_cluster, plan_local_cluster
 

@@ -36,61 +36,65 @@ def default_work_root() -> str:
 
 @flow(name="wav2lip-hq", log_prints=True)
 def lipsync_hq(
-    audio: Annotated[str, Field(title="Audio", description="Speech to lip-sync to: a path or URL "
-                                "(wav, mp3, m4a, aac, flac, or a video whose audio track is used).")],
-    video: Annotated[str, Field(title="Video or portrait", description="Talking-face video or a still "
-                                "portrait image (jpg/png): a path or URL.")],
-    output: Annotated[str, Field(title="Output", description="Where the final video is written (path or "
-                                 "URL, e.g. out.mp4). Written only when complete.")],
-    checkpoint: Annotated[Literal["wav2lip_gan.pth", "wav2lip.pth"], Field(
-        title="Wav2Lip weights", description="wav2lip_gan.pth: sharper (GAN); wav2lip.pth: sync expert only."
-    )] = "wav2lip_gan.pth",
-    gfpgan_version: Annotated[Literal["1.4", "1.3"], Field(
-        title="GFPGAN version", description="Face restorer weights: GFPGANv1.4 (default) or v1.3.")] = "1.4",
-    blend: Annotated[float, Field(ge=0.0, le=1.0, title="Restoration strength", description=
-                                  "1 = restored face only, 0 = the lip-synced face unchanged.")] = 1.0,
-    upscale: Annotated[Literal[1, 2], Field(title="Upscale", description="Output size factor; the "
-                                            "background is upscaled with Lanczos.")] = 1,
-    enhance: Annotated[bool, Field(title="Enhance faces", description="Run GFPGAN on the faces; off "
-                                   "gives the plain Wav2Lip result re-encoded.")] = True,
-    still_fps: Annotated[float, Field(gt=0, le=120, title="Frame rate for a still portrait",
-                                      description="Frames per second when the video is one image.")] = 25.0,
-    on_no_face: Annotated[Literal["pass", "fail"], Field(
-        title="Frames without a face", description="pass: keep such frames unchanged; fail: stop with "
-        "an error naming the first one.")] = "pass",
-    pads: Annotated[tuple[int, int, int, int], Field(
-        title="Face box padding", description="Pixels added to the detected box: top, bottom, left, "
-        "right (bottom 10 includes the chin).")] = (0, 10, 0, 0),
-    smooth: Annotated[bool, Field(title="Smooth face boxes", description="Average boxes over 5 frames "
-                                  "(steadier mouth region).")] = True,
-    detector: Annotated[Literal["centerface", "s3fd"], Field(
-        title="Face detector", description="centerface (ships with the package) or s3fd (the reference's; "
-        "needs s3fd-619a316812.pth).")] = "centerface",
-    crf: Annotated[int, Field(ge=0, le=51, title="H.264 quality (CRF)", description="Lower is better "
-                              "quality and bigger files; 18 is visually lossless.")] = 18,
-    preset: Annotated[Literal["ultrafast", "veryfast", "fast", "medium", "slow"], Field(
-        title="H.264 preset", description="Encoder speed/size trade-off.")] = "medium",
-    chunk_frames: Annotated[int, Field(ge=1, title="Frames per chunk", description="Enhancement works "
-                                       "on chunks of this many frames, in parallel where workers allow.")] = 50,
-    batch_size: Annotated[int, Field(ge=1, le=512, title="Wav2Lip batch", description="Frames per "
-                                     "generator call.")] = 32,
-    precision: Annotated[Literal["fp32", "bf16", "fp16"], Field(
-        title="Precision", description="fp32 (exact), or bf16/fp16 autocast (faster).")] = "fp32",
-    device: Annotated[str, Field(title="Device", description="auto (CUDA when present), cpu, cuda, "
-                                 "cuda:1, ...")] = "auto",
-    work_dir: Annotated[str | None, Field(title="Work area", description="Where stage outputs are kept "
-                                          "for reuse: a path or URL such as s3://bucket/work (default: "
-                                          "$WAV2LIP_HQ_WORK_DIR or the user cache).")] = None,
-    refresh: Annotated[bool, Field(title="Ignore cached stages", description="Recompute every stage even "
-                                   "when its output is already in the work area.")] = False,
-    dask_address: Annotated[str | None, Field(title="Dask scheduler", description="tcp://host:8786 of an "
-                                              "existing cluster (default: $WAV2LIP_HQ_DASK_ADDRESS, else a "
-                                              "local cluster sized to the machine).")] = None,
-    dask_workers: Annotated[int | None, Field(ge=0, title="Local Dask workers", description="Workers of "
-                                              "the local cluster (default: one per core or GPU; 0: no Dask)."
-                                              )] = None,
+    audio: str,
+    video: str,
+    output: str,
+    checkpoint: Literal["wav2lip_gan.pth", "wav2lip.pth"] = "wav2lip_gan.pth",
+    gfpgan_version: Literal["1.4", "1.3"] = "1.4",
+    blend: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0,
+    upscale: Literal[1, 2] = 1,
+    enhance: bool = True,
+    still_fps: Annotated[float, Field(gt=0, le=120)] = 25.0,
+    on_no_face: Literal["pass", "fail"] = "pass",
+    pads: tuple[int, int, int, int] = (0, 10, 0, 0),
+    smooth: bool = True,
+    detector: Literal["centerface", "s3fd"] = "centerface",
+    crf: Annotated[int, Field(ge=0, le=51)] = 18,
+    preset: Literal["ultrafast", "veryfast", "fast", "medium", "slow"] = "medium",
+    chunk_frames: Annotated[int, Field(ge=1)] = 50,
+    batch_size: Annotated[int, Field(ge=1, le=512)] = 32,
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    device: str = "auto",
+    work_dir: str | None = None,
+    refresh: bool = False,
+    dask_address: str | None = None,
+    dask_workers: Annotated[int | None, Field(ge=0)] = None,
 ) -> str:
-    """Lip-sync ``video`` to ``audio`` with Wav2Lip, restore the faces with GFPGAN, write ``output``."""
+    """Lip-sync a talking-face video (or portrait) to speech with Wav2Lip, restore the faces with
+    GFPGAN, and write the result.
+
+    Args:
+        audio: Speech to lip-sync to: a path or URL (wav, mp3, m4a, aac, flac, or a video whose audio
+            track is used).
+        video: Talking-face video, or a still portrait image (jpg/png): a path or URL.
+        output: Where the final video is written (path or URL, e.g. s3://bucket/out.mp4); it appears
+            only when complete.
+        checkpoint: Wav2Lip weights: wav2lip_gan.pth (sharper, GAN-trained) or wav2lip.pth (sync
+            expert only).
+        gfpgan_version: Face restorer weights: GFPGAN v1.4 (default) or v1.3.
+        blend: Restoration strength: 1 = restored face only, 0 = the lip-synced face unchanged.
+        upscale: Output size factor (1 or 2); the background is upscaled with Lanczos.
+        enhance: Run GFPGAN on the faces; off gives the plain Wav2Lip result, re-encoded.
+        still_fps: Frames per second when the video is a single image.
+        on_no_face: Frames without a face: pass keeps them unchanged, fail stops with an error naming
+            the first one.
+        pads: Pixels added to the detected face box: top, bottom, left, right (bottom 10 keeps the chin).
+        smooth: Average face boxes over 5 frames (a steadier mouth region).
+        detector: Face detector: centerface (ships with the package) or s3fd (the reference's; needs
+            s3fd-619a316812.pth).
+        crf: H.264 quality of the final encode, 0-51: lower is better and bigger; 18 looks lossless.
+        preset: H.264 encoder speed/size trade-off.
+        chunk_frames: Frames per enhancement chunk; chunks run in parallel on the Dask workers.
+        batch_size: Frames per Wav2Lip generator call.
+        precision: fp32 (exact), or bf16 (CPU) / fp16 (CUDA) autocast for speed.
+        device: auto (CUDA when present), cpu, cuda, cuda:1, ...
+        work_dir: Where stage outputs are kept for reuse: a path or URL such as s3://bucket/work
+            (default: $WAV2LIP_HQ_WORK_DIR or the user cache).
+        refresh: Recompute every stage even when its output is already in the work area.
+        dask_address: tcp://host:8786 of an existing Dask scheduler (default: $WAV2LIP_HQ_DASK_ADDRESS,
+            else a local cluster sized to the machine).
+        dask_workers: Workers of the local Dask cluster (default: one per core or GPU; 0: no Dask).
+    """
     work = work_dir or default_work_root()
     lip_opts = LipsyncOptions(checkpoint=checkpoint, still_fps=still_fps, pads=tuple(pads), smooth=smooth,
                               on_no_face=on_no_face, batch_size=batch_size, detector=detector,

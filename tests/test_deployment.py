@@ -34,6 +34,7 @@ def server(tmp_path_factory):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",  # the UI is told where its API is
                PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")
     log = open(home / "server.log", "w")
     proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -77,7 +78,8 @@ def deployed(server, s3_server):
 def test_deployments_are_declared(deployed):
     assert {"on-demand", "bucket-batch"} <= set(deployed)
     schema = deployed["on-demand"]["parameter_openapi_schema"]["properties"]
-    assert schema["audio"]["title"] == "Audio" and "lip-sync" in schema["audio"]["description"]
+    assert schema["audio"]["title"] == "audio" and "Speech to lip-sync to" in schema["audio"]["description"]
+    assert all(p.get("description") for p in schema.values())  # every field of the UI form is explained
     assert schema["blend"]["maximum"] == 1.0 and schema["upscale"]["enum"] == [1, 2]
     batch = deployed["bucket-batch"]
     assert batch["parameters"]["input_prefix"] == "s3://batch-in"
@@ -122,9 +124,9 @@ def test_ui_run_form_shows_our_parameters(server, deployed, tmp_path):
              f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=25000", "--window-size=1280,2200"]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-1000:]
-    for title in ("Audio", "Video or portrait", "Output", "Restoration strength", "GFPGAN version",
-                  "Frames without a face"):
-        assert title in dom.stdout, title
+    for text in ("audio", "video", "output", "gfpgan_version", "on_no_face", "Speech to lip-sync to",
+                 "Restoration strength", "Talking-face video, or a still portrait"):
+        assert text in dom.stdout, text
     shot = tmp_path / "form.png"
     r = subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", url], capture_output=True, text=True,
                        timeout=180)

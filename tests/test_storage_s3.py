@@ -109,3 +109,29 @@ def test_credentials_from_a_prefect_block(prefect_server, s3_server, s3, monkeyp
         fsspec_conf.clear()
         fsspec_conf.update(saved_conf)
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_flow_with_refused_credentials_stops_at_once(prefect_server, models_dir, s3_server, s3, monkeypatch,
+                                                      tmp_path):
+    import s3fs
+
+    import tasks.probe
+    from flows.lipsync_hq import lipsync_hq
+
+    s3.mkdir("guarded")
+    s3.pipe("guarded/a.wav", b"RIFF")
+    calls = []
+    real = tasks.probe.probe_job
+    monkeypatch.setattr(tasks.probe, "probe_job", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    s3fs.S3FileSystem.clear_instance_cache()
+    out = tmp_path / "o.mp4"
+    start = time.monotonic()
+    try:
+        with pytest.raises(StorageAccessError, match=r"audio s3://guarded/a.wav: access denied"):
+            lipsync_hq(audio="s3://guarded/a.wav", video="s3://guarded/v.mp4", output=str(out),
+                       work_dir=str(tmp_path / "w"))
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert len(calls) == 1 and time.monotonic() - start < 60  # no retries, no storm
+    assert list(tmp_path.iterdir()) == []  # nothing written at the output, no work area started
