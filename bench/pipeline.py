@@ -141,7 +141,7 @@ def peak_rss_mib() -> dict:
 class TreeSampler:
     """Peak of the summed RSS of this process and all its descendants (the ffmpeg pipes), sampled
     every ``interval`` s in a thread. (getrusage's RUSAGE_CHILDREN is no use here: a forked ffmpeg
-    starts with the parent's RSS on its books.)"""
+    starts with the parent's RSS on its books; so does a child between fork and exec, which is skipped.)"""
 
     def __init__(self, interval: float = 0.1) -> None:
         import threading
@@ -154,13 +154,15 @@ class TreeSampler:
         import psutil
 
         me = psutil.Process()
+        name = me.name()
         while not self._stop.is_set():
             total = kids = 0
             try:
                 total = me.memory_info().rss
                 for c in me.children(recursive=True):
                     try:
-                        kids += c.memory_info().rss
+                        if c.name() != name:  # a fork not yet exec'd still shows the parent's pages
+                            kids += c.memory_info().rss
                     except psutil.Error:
                         pass
             except psutil.Error:

@@ -1,6 +1,6 @@
 """The benchmark suite: five measurements on the same real clip and the same weights, one table.
 
-    .venv/bin/python -m bench.run            # full lengths (about an hour and a half on 2 CPU cores)
+    .venv/bin/python -m bench.run            # full lengths (about two hours on 2 idle CPU cores)
     .venv/bin/python -m bench.run --quick    # tiny lengths: a smoke check of every benchmark
     .venv/bin/python -m bench.run --only 1,3 --json results.json
 
@@ -152,6 +152,15 @@ def bench_end_to_end(cfg: Config, tmp: Path, table: Table, precision: str, out: 
     bi = b["inside"]
     table.add("1", "  baseline breakdown (s)", ", ".join(f"{k} {v:.1f}" for k, v in b["times"].items())
               + f"; in GFPGAN {bi.get('gfpgan_s', 0):.1f}")
+    shares = [f"baseline {100 * bi.get('gfpgan_s', 0) / b['total']:.0f}%"]
+    bounds = []
+    for p in sorted({"fp32", precision}, reverse=True):
+        o = res[f"ours_{p}"]
+        g = o["inside"].get("gfpgan_s", 0)
+        shares.append(f"ours {p} {100 * g / o['total']:.0f}%")
+        bounds.append(f"{p} {b['total'] / g:.2f}x" if g else f"{p} -")
+    table.add("1", "  time inside the GFPGAN forward", ", ".join(shares) + "; best speed-up possible with "
+              "everything else free: " + ", ".join(bounds))
 
 
 # ------------------------------------------------------------------------------------ 2: memory
