@@ -67,12 +67,19 @@ def worker_env(threads: int) -> dict[str, str]:
 def local_cluster(n_workers: int, threads_per_worker: int, gpus: int = 0, **kwargs):
     """A Dask cluster on this machine, created when the runner first needs it (inside the run)."""
     env = worker_env(threads_per_worker)
+    cluster = None
     if gpus:
-        from dask_cuda import LocalCUDACluster
+        try:
+            from dask_cuda import LocalCUDACluster
 
-        cluster = LocalCUDACluster(n_workers=n_workers, threads_per_worker=1, resources={"GPU": 1},
-                                   env=env, **kwargs)
-    else:
+            cluster = LocalCUDACluster(n_workers=n_workers, threads_per_worker=1, resources={"GPU": 1},
+                                       env=env, **kwargs)
+        except ImportError:
+            # without dask-cuda (pip install 'wav2lip-hq[gpu]') one worker drives the first GPU
+            logging.getLogger("wav2lip_hq").warning(
+                "dask-cuda is not installed: one Dask worker will use cuda:0 for all chunks")
+            n_workers, kwargs = 1, {**kwargs, "resources": {"GPU": gpus}}
+    if cluster is None:
         from distributed import LocalCluster
 
         logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines drown the run's own

@@ -224,3 +224,20 @@ def test_output_names_cannot_escape_the_prefix():
         with pytest.raises(ValueError):
             safe_output("s3://out", evil)
     assert safe_output("s3://out", "/abs/path").startswith("s3://out/")
+
+
+def test_local_cluster_is_sized_to_the_machine(monkeypatch):
+    from flows.runners import plan_local_cluster, worker_env
+
+    p = plan_local_cluster(cpus=2, mem_gb=24, gpus=0)
+    assert (p.n_workers, p.threads_per_worker, p.gpus) == (2, 1, 0)  # this machine: 2 x 1 thread
+    p = plan_local_cluster(cpus=16, mem_gb=24, gpus=0)
+    assert (p.n_workers, p.threads_per_worker) == (8, 2)       # memory and the cap bound it
+    p = plan_local_cluster(cpus=8, mem_gb=7, gpus=0)
+    assert (p.n_workers, p.threads_per_worker) == (2, 4)       # ~3 GB per GFPGAN worker
+    p = plan_local_cluster(cpus=32, mem_gb=256, gpus=4)
+    assert (p.n_workers, p.gpus) == (4, 4)                      # one worker per GPU
+    assert plan_local_cluster(3, cpus=2, mem_gb=24, gpus=0).n_workers == 3  # asked for explicitly
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
+    env = worker_env(threads=2)
+    assert env["PREFECT_API_URL"] == "http://prefect.example:4200/api" and env["OMP_NUM_THREADS"] == "2"
