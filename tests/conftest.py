@@ -23,9 +23,13 @@ os.environ.setdefault("INITIAL_NO_AUTH_ACTION_COUNT", "3")
 
 
 def ffmpeg(*args: str) -> None:
+    """Run the project's ffmpeg binary; fail the test with its log on error."""
     from core.media import ffmpeg_exe
 
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"ffmpeg {' '.join(cmd[1:])} failed: {proc.stderr.decode(errors='replace')[-800:]}")
 
 
 @pytest.fixture(scope="session")

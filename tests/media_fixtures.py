@@ -5,34 +5,20 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from scipy.io import wavfile
 from scipy.signal import chirp
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MEDIA = REPO_ROOT.parent / "shared" / "media"
-
-requires_media = pytest.mark.skipif(not MEDIA.exists(), reason=f"real test media not present at {MEDIA}")
+from tests.conftest import SHARED_MEDIA as MEDIA, astronaut_bgr, ffmpeg  # noqa: F401 - one place for each
+from tests.conftest import needs_media as requires_media  # noqa: F401
 
 
 def media_file(name: str) -> Path:
-    """A real clip, or skip the calling test when it is missing."""
+    """A real clip; call only from tests marked ``requires_media``, so the folder is there."""
     path = MEDIA / name
-    if not path.is_file():
-        pytest.skip(f"real test media {path} not present")
+    assert path.is_file(), f"real test media {path} missing from {MEDIA}"
     return path
-
-
-def ffmpeg(*args: str) -> None:
-    """Run the project's ffmpeg binary; fail the test with its log on error."""
-    from core.media import ffmpeg_exe
-
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"ffmpeg {' '.join(cmd[1:])} failed: {proc.stderr.decode(errors='replace')[-800:]}")
 
 
 # --------------------------------------------------------------------------------------------- audio
@@ -87,13 +73,6 @@ def numbered_frames(n: int, w: int = 48, h: int = 32) -> list[np.ndarray]:
         f[:, 2 * k % w] = 255
         out.append(f)
     return out
-
-
-def astronaut_bgr() -> np.ndarray:
-    """scikit-image's astronaut photo (one frontal face), converted to OpenCV's BGR order."""
-    from skimage import data
-
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 `prefect deployment run ... -p`, the output landing in an S3 server, and the UI's run form in Chromium."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
