@@ -59,7 +59,12 @@ def decode_all(video: str) -> tuple[list[np.ndarray], float]:
 def detect_boxes(frames: list[np.ndarray], max_side: int = 640) -> tuple[list, list]:
     """Main-face box of every in-memory frame, padded and smoothed over 5 frames like the reference;
     and every face's 5 landmarks per frame."""
-    from models.face_detection import CenterFaceDetector, main_face, pad_box, smooth_forward
+    from models.face_detection import (
+        CenterFaceDetector,
+        main_face,
+        pad_box,
+        smooth_forward,
+    )
 
     det = CenterFaceDetector(max_side=max_side)
     boxes, present, landmarks = [], [], []
@@ -87,9 +92,11 @@ def lipsync_in_memory(frames: list[np.ndarray], boxes: list, windows: np.ndarray
         frames_b = [frames[i % n].copy() for i in idx]
         work = [k for k, i in enumerate(idx) if boxes[i % n] is not None]
         if work:
-            faces = np.stack([cv2.resize(frames_b[k][boxes[idx[k] % n][1]:boxes[idx[k] % n][3],
-                                                     boxes[idx[k] % n][0]:boxes[idx[k] % n][2]],
-                                         (FACE_SIZE, FACE_SIZE)) for k in work])
+            crops = []
+            for k in work:
+                x1, y1, x2, y2 = boxes[idx[k] % n]
+                crops.append(cv2.resize(frames_b[k][y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE)))
+            faces = np.stack(crops)
             masked = faces.copy()
             masked[:, FACE_SIZE // 2:] = 0
             img = np.concatenate((masked, faces), axis=3) / 255.0

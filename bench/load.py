@@ -15,7 +15,7 @@ def _machine_busy() -> float:
     """Busy CPU seconds of the whole machine since boot (all cores)."""
     with open("/proc/stat") as f:
         fields = f.readline().split()[1:]
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
@@ -35,7 +35,7 @@ def _our_cpu() -> float:
 class CpuShare:
     """``with CpuShare() as c: ...`` then ``c.wall``, ``c.ours`` (CPU s), ``c.others`` (cores busy)."""
 
-    def __enter__(self) -> "CpuShare":
+    def __enter__(self) -> CpuShare:
         self._t, self._m, self._o = time.perf_counter(), _machine_busy(), _our_cpu()
         return self
 

@@ -1,7 +1,7 @@
 """Prefect/Dask side of the benchmarks: a Prefect server for the run, the flow as a child process, and
 enhancement throughput on a Dask ``LocalCluster`` of k single-threaded workers.
 
-    .venv/bin/python -m bench.orchestration flow --audio a.wav --video v.mp4 --out o.mp4 [--enhance]
+    .venv/bin/python -m bench.orchestration flow --audio a.wav --video v.mp4 --out o.mp4 [--dask-workers K]
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def prefect_server(timeout: float = 180.0):
         log = open(Path(home) / "server.log", "wb")
         t = time.perf_counter()
         proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}/api"
         try:
             while True:
@@ -69,26 +69,45 @@ def prefect_server(timeout: float = 180.0):
 
 # -------------------------------------------------------------------------------------- flow child
 def run_flow(audio: str, video: str, out: str, work: str, precision: str, chunk_frames: int,
-             enhance: bool, runner: str, torch_threads: int) -> dict:
-    """The flow as it exists, with a Dask runner (LocalCluster, 1 worker) or its default runner."""
+             dask_workers: int | None) -> dict:
+    """The flow as it exists, enhancement on. ``dask_workers``: 0 no Dask, k a local cluster of k
+    workers, None the flow's own default plan.
+
+    The flow maps enhancement over a Dask cluster of its own making (flows/runners.py, parameter
+    ``dask_workers``). For a flow without that parameter, a DaskTaskRunner on a LocalCluster is given
+    as the flow's task runner instead (with torch's thread count set in the workers' environment:
+    Dask's nanny sets OMP_NUM_THREADS=1 by default).
+    """
+    import inspect
+
     from flows.lipsync_hq import lipsync_hq
 
-    flow = lipsync_hq
-    if runner == "dask":
+    kwargs = {"audio": audio, "video": video, "output": out, "enhance": True, "precision": precision,
+              "chunk_frames": chunk_frames, "work_dir": work}
+    flow, plan = lipsync_hq, None
+    if "dask_workers" in inspect.signature(lipsync_hq.fn).parameters:
+        kwargs["dask_workers"] = dask_workers
+        if dask_workers != 0:
+            from flows.runners import plan_local_cluster
+
+            p = plan_local_cluster(dask_workers)
+            plan = {"n_workers": p.n_workers, "threads_per_worker": p.threads_per_worker}
+    elif dask_workers != 0:
         from prefect_dask import DaskTaskRunner
 
+        n = dask_workers or 1
+        threads = max(1, (os.cpu_count() or 1) // n)
         env = {k: os.environ[k] for k in ("PREFECT_API_URL", "WAV2LIP_HQ_MODELS_DIR", "WAV2LIP_HQ_FFMPEG")
                if k in os.environ}
-        # Dask's nanny sets OMP_NUM_THREADS=1 in workers by default: torch would use one core only
-        env.update(OMP_NUM_THREADS=str(torch_threads), MKL_NUM_THREADS=str(torch_threads))
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         flow = lipsync_hq.with_options(task_runner=DaskTaskRunner(
             cluster_class="distributed.LocalCluster",
-            cluster_kwargs={"n_workers": 1, "threads_per_worker": 1, "processes": True, "env": env,
+            cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True, "env": env,
                             "dashboard_address": None}))
+        plan = {"n_workers": n, "threads_per_worker": threads, "flow_level_runner": True}
     t = time.perf_counter()
-    flow(audio=audio, video=video, output=out, enhance=enhance, precision=precision,
-         chunk_frames=chunk_frames, work_dir=work)
-    return {"total": time.perf_counter() - t, "runner": runner}
+    flow(**kwargs)
+    return {"total": time.perf_counter() - t, "dask_workers": dask_workers, "plan": plan}
 
 
 # -------------------------------------------------------------------------------------- scaling
@@ -156,15 +175,12 @@ def main() -> None:
     f.add_argument("--out", required=True)
     f.add_argument("--precision", default="bf16")
     f.add_argument("--chunk-frames", type=int, default=50)
-    f.add_argument("--enhance", action="store_true")
-    f.add_argument("--runner", default="dask", choices=["dask", "default"])
-    f.add_argument("--torch-threads", type=int, default=2)
+    f.add_argument("--dask-workers", default="1", help="0: no Dask; k: k workers; default: the flow's plan")
     args = p.parse_args()
+    workers = None if args.dask_workers == "default" else int(args.dask_workers)
     with tempfile.TemporaryDirectory(prefix="bench-flow-") as work:
-        res = run_flow(args.audio, args.video, args.out, work, args.precision, args.chunk_frames,
-                       args.enhance, args.runner, args.torch_threads)
+        res = run_flow(args.audio, args.video, args.out, work, args.precision, args.chunk_frames, workers)
     print("BENCH_RESULT " + json.dumps(res), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -171,7 +171,7 @@ class TreeSampler:
             self.ffmpeg_peak = max(self.ffmpeg_peak, kids)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "TreeSampler":
+    def __enter__(self) -> TreeSampler:
         self._thread.start()
         return self
 

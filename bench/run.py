@@ -1,6 +1,6 @@
 """The benchmark suite: five measurements on the same real clip and the same weights, one table.
 
-    .venv/bin/python -m bench.run            # full lengths (about two hours on 2 idle CPU cores)
+    .venv/bin/python -m bench.run            # full lengths (about 4-5 hours on 2 idle CPU cores)
     .venv/bin/python -m bench.run --quick    # tiny lengths: a smoke check of every benchmark
     .venv/bin/python -m bench.run --only 1,3 --json results.json
 
@@ -8,7 +8,7 @@
 2. memory: peak RSS of the pipeline on a short and a long clip (each in its own process)
 3. compute floor: multiply-adds of Wav2Lip per frame and GFPGAN per face, this CPU's conv rate,
    each model stage's time over its floor
-4. orchestration overhead: plain calls vs the Prefect flow with a Dask runner (and its default runner)
+4. orchestration overhead: plain calls vs the Prefect flow with its Dask enhancement runner
 5. scaling: enhance_chunk throughput on a Dask LocalCluster of 1 vs 2 single-threaded workers
 
 Clips are the real ones in ../shared/media looped with ffmpeg -stream_loop. Without the published
@@ -41,19 +41,20 @@ class Config:
     mem_enhance_chunks: int     # -1: all chunks; N: the first N (the rest encoded as lip-synced)
     conv_batch: int             # 3: batch of the 256->256 3x3 conv on 56x56 used for the rate
     w2l_frames: int             # 3: frames for the isolated Wav2Lip forward timing
-    overhead_seconds: float     # 4
-    overhead_enhance: bool
+    overhead_seconds: float     # 4: clip length (enhancement on: the flow's Dask runner only runs it)
+    overhead_chunk_frames: int
     overhead_repeats: int       # 4: plain and Dask flow runs, interleaved; the fastest of each is used
+    overhead_variants: tuple    # 4: flows besides "dask1": "nodask" (dask_workers=0), "default" (its plan)
     scale_chunks: int           # 5: chunks (even) of scale_chunk_frames frames each
     scale_chunk_frames: int
 
 
 FULL = Config(e2e_seconds=5.0, mem_seconds=(30.0, 300.0), mem_chunk_frames=50, mem_enhance_chunks=1,
-              conv_batch=64, w2l_frames=128, overhead_seconds=60.0, overhead_enhance=False,
-              overhead_repeats=2, scale_chunks=8, scale_chunk_frames=3)
+              conv_batch=64, w2l_frames=128, overhead_seconds=60.0, overhead_chunk_frames=50,
+              overhead_repeats=1, overhead_variants=(), scale_chunks=8, scale_chunk_frames=3)
 QUICK = Config(e2e_seconds=0.16, mem_seconds=(1.5, 15.0), mem_chunk_frames=4, mem_enhance_chunks=1,
-               conv_batch=8, w2l_frames=32, overhead_seconds=3.0, overhead_enhance=False,
-               overhead_repeats=1, scale_chunks=4, scale_chunk_frames=1)
+               conv_batch=8, w2l_frames=32, overhead_seconds=0.4, overhead_chunk_frames=5,
+               overhead_repeats=1, overhead_variants=("nodask", "default"), scale_chunks=4, scale_chunk_frames=1)
 
 
 class Table:
@@ -92,7 +93,7 @@ def child(args: list[str], env: dict | None = None) -> dict:
 
     with CpuShare() as share:
         proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
-                              env=env or os.environ.copy())
+                              env=env or os.environ.copy(), check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
             res = json.loads(line[len("BENCH_RESULT "):])
@@ -366,18 +367,19 @@ def bench_overhead(cfg: Config, tmp: Path, table: Table, precision: str, out: di
     for name in ("wav2lip_gan.pth", "GFPGANv1.4.pth"):
         sha256_file(require(name))  # the hash sidecar exists before either run (no one pays for it)
     audio, video = clip(tmp, cfg.overhead_seconds)
-    res: dict = {"plain": [], "flow_dask": [], "flow_default": []}
-    common = ["--precision", precision, "--chunk-frames", "50"]
+    common = ["--precision", precision, "--chunk-frames", str(cfg.overhead_chunk_frames)]
+    workers = {"dask1": "1", "nodask": "0", "default": "default"}
+    res: dict = {"plain": [], **{v: [] for v in ("dask1", *cfg.overhead_variants)}}
 
     def plain(k: int) -> dict:
         return child(["bench.pipeline", "--audio", audio, "--video", video, "--out", str(tmp / f"ovh_plain{k}.mp4"),
-                      "--enhance-chunks", "-1" if cfg.overhead_enhance else "0", *common])
+                      "--enhance-chunks", "-1", *common])
 
-    def flow(runner: str, k: int, env: dict) -> dict:
+    def flow(variant: str, k: int, env: dict) -> dict:
         try:
             return child(["bench.orchestration", "flow", "--audio", audio, "--video", video,
-                          "--out", str(tmp / f"ovh_{runner}{k}.mp4"), "--runner", runner,
-                          *(["--enhance"] if cfg.overhead_enhance else []), *common], env)
+                          "--out", str(tmp / f"ovh_{variant}{k}.mp4"), "--dask-workers", workers[variant],
+                          *common], env)
         except RuntimeError as exc:
             return {"error": str(exc)[-600:]}
 
@@ -386,32 +388,38 @@ def bench_overhead(cfg: Config, tmp: Path, table: Table, precision: str, out: di
         res["server_startup"] = startup
         for k in range(cfg.overhead_repeats):  # interleaved: load from other users hits both alike
             res["plain"].append(plain(k))
-            res["flow_dask"].append(flow("dask", k, env))
-            if k == 0:
-                res["flow_default"].append(flow("default", k, env))
+            res["dask1"].append(flow("dask1", k, env))
+        for v in cfg.overhead_variants:
+            res[v].append(flow(v, 0, env))
     out["4_overhead"] = res
-    best = lambda runs, key: min((r[key] for r in runs if "error" not in r), default=None)  # noqa: E731
-    plain_t, plain_w = best(res["plain"], "total"), best(res["plain"], "process_wall")
-    plain_c = best(res["plain"], "process_cpu")
-    table.add("4", "measured", f"{cfg.overhead_seconds:g} s clip ({res['plain'][0]['frames']} frames), {precision}, "
-              f"enhance {'on' if cfg.overhead_enhance else 'off'}, fastest of {cfg.overhead_repeats} interleaved "
-              f"run(s); Prefect server started once beforehand ({res['server_startup']:.1f} s, not counted)")
-    for runner, label in (("dask", "flow + DaskTaskRunner (LocalCluster 1 worker, torch 2 threads)"),
-                          ("default", "flow + its default runner")):
-        runs = res[f"flow_{runner}"]
-        target = "<= 5%" if runner == "dask" else ""
+
+    def best(runs, key):
+        return min((r[key] for r in runs if "error" not in r), default=None)
+
+    plain_t, plain_w, plain_c = (best(res["plain"], k) for k in ("total", "process_wall", "process_cpu"))
+    p0 = res["plain"][0]
+    table.add("4", "measured", f"{cfg.overhead_seconds:g} s clip ({p0['frames']} frames, {p0['faces']} faces), "
+              f"{precision}, enhancement on, chunks of {cfg.overhead_chunk_frames}; fastest of "
+              f"{cfg.overhead_repeats} interleaved run(s); Prefect server started once beforehand "
+              f"({res['server_startup']:.1f} s, not counted)")
+    labels = {"dask1": "flow, Dask runner with 1 worker (same cores as plain)",
+              "nodask": "flow, dask_workers=0 (Prefect only)",
+              "default": "flow, its default Dask plan"}
+    for v in ("dask1", *cfg.overhead_variants):
+        runs, target = res[v], ("<= 5%" if v == "dask1" else "")
         if all("error" in r for r in runs):
-            table.add("4", label, "FAILED: " + runs[0]["error"].strip().splitlines()[-1][:200], target,
+            table.add("4", labels[v], "FAILED: " + runs[0]["error"].strip().splitlines()[-1][:200], target,
                       False if target else None)
             continue
-        t, w = best(runs, "total"), best(runs, "process_wall")
-        c = best(runs, "process_cpu")
+        t, w, c = (best(runs, k) for k in ("total", "process_wall", "process_cpu"))
+        plan = runs[0].get("plan")
+        if plan:
+            labels[v] += f" [{plan['n_workers']} worker(s) x {plan['threads_per_worker']} thread(s)]"
         ovh = t / plain_t - 1
         others = ", ".join(f"{r['others_cores']:.1f}" for r in [*res["plain"], *runs] if "error" not in r)
-        table.add("4", f"{label} vs plain", f"{t:.1f} / {plain_t:.1f} s = {100 * ovh:+.1f}% (whole process incl. "
-                  f"imports: {w:.1f} / {plain_w:.1f} s = {100 * (w / plain_w - 1):+.1f}%; CPU time "
-                  f"{100 * (c / plain_c - 1):+.1f}%; others used {others} cores)", target,
-                  ovh <= 0.05 if target else None)
+        table.add("4", f"{labels[v]} vs plain", f"{t:.1f} / {plain_t:.1f} s = {100 * ovh:+.1f}% (whole process "
+                  f"incl. imports: {100 * (w / plain_w - 1):+.1f}%; CPU time {100 * (c / plain_c - 1):+.1f}%; "
+                  f"others used {others} cores)", target, ovh <= 0.05 if target else None)
 
 
 # ------------------------------------------------------------------------------------ 5: scaling
@@ -433,7 +441,7 @@ def bench_scaling(cfg: Config, tmp: Path, table: Table, precision: str, out: dic
     out["5_scaling"] = res
     table.add("5", "measured", f"{len(chunks)} chunks x {cfg.scale_chunk_frames} frames, {faces} faces, {precision}, "
               "models loaded and warmed in each worker first")
-    for k, r in res.items():
+    for r in res.values():
         table.add("5", f"{r['workers']} worker(s) x {r['threads']} torch thread(s)",
                   f"{r['faces_per_s'] * 60:.1f} faces/min ({r['wall']:.1f} s; others used "
                   f"{r['others_cores']:.1f} cores)")
@@ -453,7 +461,8 @@ def main() -> None:
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"],
                    help="our precision for 2-5 (1 runs ours in fp32 and in this one)")
     p.add_argument("--memory-enhance-chunks", type=int, help="2: chunks to enhance (-1: all)")
-    p.add_argument("--overhead-enhance", action="store_true", help="4: run the flow with enhancement")
+    p.add_argument("--overhead-seconds", type=float, help="4: clip length")
+    p.add_argument("--overhead-repeats", type=int, help="4: interleaved runs of plain and the Dask flow")
     p.add_argument("--e2e-seconds", type=float, help="1: clip length")
     p.add_argument("--json", help="write every measurement here")
     args = p.parse_args()
@@ -461,8 +470,10 @@ def main() -> None:
     changes = {}
     if args.memory_enhance_chunks is not None:
         changes["mem_enhance_chunks"] = args.memory_enhance_chunks
-    if args.overhead_enhance:
-        changes["overhead_enhance"] = True
+    if args.overhead_seconds:
+        changes["overhead_seconds"] = args.overhead_seconds
+    if args.overhead_repeats:
+        changes["overhead_repeats"] = args.overhead_repeats
     if args.e2e_seconds:
         changes["e2e_seconds"] = args.e2e_seconds
     if changes:
@@ -488,7 +499,7 @@ def main() -> None:
             t = time.perf_counter()
             try:
                 BENCHES[key](cfg, Path(tmp), table, args.precision, out)
-            except Exception as exc:  # report and go on with the others
+            except Exception as exc:  # noqa: BLE001 -- report it and go on with the others
                 table.add(key, "ERROR", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}",
                           "", False)
             print(f"benchmark {key}: {time.perf_counter() - t:.0f} s", flush=True)

@@ -83,7 +83,7 @@ def test_wav2lip_bf16_within_two_levels_of_fp32(face):
         with autocast("cpu", "bf16"):
             low = model(mel, faces).float()
     # the pipeline's conversion to pixels (tasks.lipsync._sync_batch)
-    to_u8 = lambda t: (t.numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)  # noqa: E731
+    to_u8 = lambda t: (t.numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
     d = _levels(to_u8(ref), to_u8(low))
     assert d.max() <= 2, f"max difference {d.max()}/255"
     assert d.mean() < 0.3, f"mean difference {d.mean():.3f}/255"
