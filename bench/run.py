@@ -57,12 +57,20 @@ QUICK = Config(e2e_seconds=0.16, mem_seconds=(1.5, 15.0), mem_chunk_frames=4, me
                overhead_repeats=1, overhead_variants=("nodask", "default"), scale_chunks=4, scale_chunk_frames=1)
 
 
+NOISY_CORES = 0.25
+
+
 class Table:
     def __init__(self) -> None:
         self.rows: list[tuple] = []
 
-    def add(self, bench: str, what: str, value: str, target: str = "", ok: bool | None = None) -> None:
+    def add(self, bench: str, what: str, value: str, target: str = "", ok: bool | None = None,
+            others: float = 0.0) -> None:
+        """``others``: cores other users kept busy meanwhile; above NOISY_CORES a time-based verdict is
+        marked noisy (it is not a measurement of this code alone)."""
         status = "" if ok is None else ("PASS" if ok else "FAIL")
+        if status and others > NOISY_CORES:
+            status += f" (noisy: others used {others:.1f} cores)"
         self.rows.append((bench, what, value, target, status))
         print(f"  [{bench}] {what}: {value}" + (f"  (target {target}: {status})" if target else ""), flush=True)
 
@@ -147,7 +155,7 @@ def bench_end_to_end(cfg: Config, tmp: Path, table: Table, precision: str, out: 
         table.add("1", f"end to end, ours {p} / baseline fp32", f"{o['total']:.1f} / {b['total']:.1f} s "
                   f"= {ratio:.2f} ({1 / ratio:.2f}x faster); CPU time {cpu:.2f}; others used "
                   f"{o['share']['others_cores']:.1f} / {b['share']['others_cores']:.1f} cores", ">= 3x faster",
-                  1 / ratio >= 3)
+                  1 / ratio >= 3, max(o["share"]["others_cores"], b["share"]["others_cores"]))
         table.add("1", f"  per stage ours {p} / baseline", ", ".join(
             f"{k} {groups[k]:.1f}/{b['groups'][k]:.1f}={groups[k] / b['groups'][k]:.2f}" for k in groups))
     bi = b["inside"]
@@ -293,7 +301,7 @@ def _bench_floor(cfg: Config, tmp: Path, table: Table, precision: str, out: dict
     table.add("3", f"lipsync stage, {precision} ({n} frames)",
               f"{stage * 1e3:.0f} ms/frame = {stage / w2l_floor[precision]:.2f}x floor; inside: Wav2Lip "
               f"{ins.get('wav2lip_s', 0) / n * 1e3:.0f}, detection {ins.get('detect_s', 0) / n * 1e3:.0f} ms/frame",
-              "<= 1.5x", stage / w2l_floor[precision] <= 1.5)
+              "<= 1.5x", stage / w2l_floor[precision] <= 1.5, long.get("others_cores", 0.0))
     e2e = out.get("1_end_to_end")
     if e2e:
         for p in precs:
@@ -304,7 +312,7 @@ def _bench_floor(cfg: Config, tmp: Path, table: Table, precision: str, out: dict
             table.add("3", f"enhance stage, {p} ({o['faces']} faces)",
                       f"{per_face:.2f} s/face = {per_face / gfp_floor[p]:.2f}x floor ({gfp_floor[p]:.2f} s); "
                       f"GFPGAN forward alone {inside:.2f} s = {inside / gfp_floor[p]:.2f}x", "<= 1.5x",
-                      per_face / gfp_floor[p] <= 1.5)
+                      per_face / gfp_floor[p] <= 1.5, o["share"]["others_cores"])
         b = e2e["baseline"]
         per_face = b["times"]["enhance_png"] / max(1, b["faces"])
         table.add("3", "  (baseline enhance, fp32)", f"{per_face:.2f} s/face = {per_face / gfp_floor['fp32']:.2f}x floor")
@@ -419,7 +427,8 @@ def bench_overhead(cfg: Config, tmp: Path, table: Table, precision: str, out: di
         others = ", ".join(f"{r['others_cores']:.1f}" for r in [*res["plain"], *runs] if "error" not in r)
         table.add("4", f"{labels[v]} vs plain", f"{t:.1f} / {plain_t:.1f} s = {100 * ovh:+.1f}% (whole process "
                   f"incl. imports: {100 * (w / plain_w - 1):+.1f}%; CPU time {100 * (c / plain_c - 1):+.1f}%; "
-                  f"others used {others} cores)", target, ovh <= 0.05 if target else None)
+                  f"others used {others} cores)", target, ovh <= 0.05 if target else None,
+                  max(r["others_cores"] for r in [*res["plain"], *runs] if "error" not in r))
 
 
 # ------------------------------------------------------------------------------------ 5: scaling
@@ -446,7 +455,8 @@ def bench_scaling(cfg: Config, tmp: Path, table: Table, precision: str, out: dic
                   f"{r['faces_per_s'] * 60:.1f} faces/min ({r['wall']:.1f} s; others used "
                   f"{r['others_cores']:.1f} cores)")
     sp = res["2x1"]["faces_per_s"] / res["1x1"]["faces_per_s"]
-    table.add("5", "throughput 2 workers / 1 worker (1 thread each)", f"{sp:.2f}x", ">= 1.8x", sp >= 1.8)
+    table.add("5", "throughput 2 workers / 1 worker (1 thread each)", f"{sp:.2f}x", ">= 1.8x", sp >= 1.8,
+              max(res["1x1"]["others_cores"], res["2x1"]["others_cores"]))
     table.add("5", "  2 workers x 1 thread / 1 worker x 2 threads",
               f"{res['2x1']['faces_per_s'] / res['1x2']['faces_per_s']:.2f}x")
 

@@ -238,6 +238,8 @@ def test_local_cluster_is_sized_to_the_machine(monkeypatch):
     p = plan_local_cluster(cpus=32, mem_gb=256, gpus=4)
     assert (p.n_workers, p.gpus) == (4, 4)                      # one worker per GPU
     assert plan_local_cluster(3, cpus=2, mem_gb=24, gpus=0).n_workers == 3  # asked for explicitly
-    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
+    import flows.runners
+
+    monkeypatch.setattr(flows.runners, "current_api_url", lambda: "http://prefect.example:4200/api")
     env = worker_env(threads=2)
     assert env["PREFECT_API_URL"] == "http://prefect.example:4200/api" and env["OMP_NUM_THREADS"] == "2"
