@@ -82,8 +82,8 @@ def loaded_models(gfpgan: bool = True) -> dict:
 
 
 def run_ours(audio: str, video: str, out: str | Path, tmp: str | Path, precision: str = "fp32",
-             chunk_frames: int = 50, face_batch: int = 4, enhance_chunks: int = -1, crf: int = 18,
-             preset: str = "medium", batch_size: int = 32) -> dict:
+             chunk_frames: int = 50, face_batch: int = 0, enhance_chunks: int = -1, crf: int = 18,
+             preset: str = "medium", batch_size: int = 0) -> dict:
     """lipsync -> split_video -> extract_audio -> enhance_chunk (each) -> combine_frames -> final_mux.
 
     ``enhance_chunks``: -1 enhances every chunk, N the first N only (the others are encoded as

@@ -116,7 +116,8 @@ def warm_models(precisions: list[str]) -> None:
     import torch
 
     from bench.pipeline import loaded_models
-    from models.restorer import autocast, restore_faces
+    from models.precision import autocast
+    from models.restorer import restore_faces
 
     m = loaded_models()
     for p in precisions:
@@ -224,7 +225,7 @@ def conv_rate(batch: int, precision: str, repeats: int = 3) -> float:
     """FLOP/s of one large conv (batch x 256 x 56 x 56, 256 out, 3x3) at the current thread count."""
     import torch
 
-    from models.restorer import autocast
+    from models.precision import autocast
 
     x = torch.randn(batch, 256, 56, 56)
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval()
@@ -244,7 +245,7 @@ def wav2lip_forward_time(frames: int, precision: str, batch: int = 32) -> float:
     import torch
 
     from bench.pipeline import loaded_models
-    from models.restorer import autocast
+    from models.precision import autocast
 
     m = loaded_models()["wav2lip"]
     mel, faces = torch.randn(batch, 1, 80, 16), torch.rand(batch, 6, 96, 96)

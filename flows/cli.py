@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", default="medium", choices=["ultrafast", "veryfast", "fast", "medium", "slow"],
                    help="H.264 encoder preset")
     r.add_argument("--chunk-frames", type=int, default=50, help="frames per enhancement chunk")
-    r.add_argument("--batch-size", type=int, default=32, help="frames per Wav2Lip generator call")
-    r.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="fp32, or bf16 (CPU) / fp16 (CUDA) autocast for speed")
+    r.add_argument("--batch-size", type=int, default=0,
+                   help="frames per Wav2Lip generator call (0: automatic, 16 on CPU, 128 on CUDA)")
+    r.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 on CPUs with bf16 instructions, fp16 on CUDA, else fp32 (exact)")
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     r.add_argument("--work-dir", default=None,
                    help="work area for stage outputs, a path or URL such as s3://bucket/work "

@@ -19,7 +19,7 @@ from flows.runners import enhancement_runner
 from tasks.audio import extract_audio_task
 from tasks.combine import combine_frames_task, final_mux_task
 from tasks.enhance import EnhanceOptions, enhance_task, is_finished
-from tasks.lipsync import LipsyncOptions, lipsync_task
+from tasks.lipsync import LipsyncOptions, detect_faces_task, lipsync_task
 from tasks.probe import probe_task
 from tasks.split import split_task
 
@@ -52,8 +52,8 @@ def lipsync_hq(
     crf: Annotated[int, Field(ge=0, le=51)] = 18,
     preset: Literal["ultrafast", "veryfast", "fast", "medium", "slow"] = "medium",
     chunk_frames: Annotated[int, Field(ge=1)] = 50,
-    batch_size: Annotated[int, Field(ge=1, le=512)] = 32,
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    batch_size: Annotated[int, Field(ge=0, le=512)] = 0,
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
     device: str = "auto",
     work_dir: str | None = None,
     refresh: bool = False,
@@ -85,8 +85,9 @@ def lipsync_hq(
         crf: H.264 quality of the final encode, 0-51: lower is better and bigger; 18 looks lossless.
         preset: H.264 encoder speed/size trade-off.
         chunk_frames: Frames per enhancement chunk; chunks run in parallel on the Dask workers.
-        batch_size: Frames per Wav2Lip generator call.
-        precision: fp32 (exact), or bf16 (CPU) / fp16 (CUDA) autocast for speed.
+        batch_size: Frames per Wav2Lip generator call; 0 = automatic (16 on CPU, 128 on CUDA).
+        precision: auto (bf16 on CPUs with bf16 instructions, fp16 on CUDA, else fp32), fp32 (exact),
+            or bf16 / fp16 autocast; reduced precision stays within 2/255 of fp32 on restored faces.
         device: auto (CUDA when present), cpu, cuda, cuda:1, ...
         work_dir: Where stage outputs are kept for reuse: a path or URL such as s3://bucket/work
             (default: $WAV2LIP_HQ_WORK_DIR or the user cache).
@@ -103,10 +104,11 @@ def lipsync_hq(
                               precision=precision, device=device)
 
     job = probe_task(audio, video, output, still_fps)
-    synced = lipsync_task(job, lip_opts, work, refresh)
+    faces = detect_faces_task(job, lip_opts, work, refresh)
+    synced = lipsync_task(job, faces, lip_opts, work, refresh)
     chunks = split_task(synced, chunk_frames, work, refresh)
     track = extract_audio_task(synced, work, refresh)
-    stages = {"lipsync": synced, "split_video": chunks, "extract_audio": track}
+    stages = {"detect_faces": faces, "lipsync": synced, "split_video": chunks, "extract_audio": track}
     if enhance:
         chunks = enhance_chunks(chunks, synced, enh_opts, work, refresh, dask_address, dask_workers)
         stages["enhance_chunk"] = chunks

@@ -16,6 +16,7 @@ import torch
 
 from models.batching import split_on_oom
 from models.checkpoint import load_strict, pick_state_dict, read_checkpoint
+from models.precision import autocast
 
 FACE_SIZE = 512
 FFHQ_TEMPLATE_512 = np.array([
@@ -135,12 +136,3 @@ def restore_faces(net: torch.nn.Module, faces_bgr: list[np.ndarray], device: tor
     if weight < 1.0:
         restored = [cv2.addWeighted(r, weight, f, 1 - weight, 0) for r, f in zip(restored, faces_bgr)]
     return [np.ascontiguousarray(r) for r in restored]
-
-
-def autocast(device: torch.device | str, precision: str):
-    """bf16 autocast on CPU, fp16 on CUDA when asked; a no-op for fp32."""
-    dev = torch.device(device).type
-    if precision == "fp32":
-        return torch.autocast(dev, enabled=False)
-    dtype = torch.bfloat16 if precision == "bf16" or dev == "cpu" else torch.float16
-    return torch.autocast(dev, dtype=dtype)

@@ -1,6 +1,8 @@
-"""Face tracks: one detection pass over a video, the lip-sync box and the alignment landmarks per frame.
+"""Faces of a video: one detection pass (cached per video content), then the track: the lip-sync box
+and the alignment landmarks per frame.
 
-Saved as ``faces.npz`` beside the synced video so the enhancer reuses them instead of detecting again.
+The track is saved as ``faces.npz`` beside the synced video so the enhancer reuses it instead of
+detecting again.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 from core.errors import NoFaceError
 from core.media import VideoInfo, iter_frames
 from core.progress import Progress
-from models.face_detection import (CenterFaceDetector, main_face, pad_box, smooth_centered,
+from models.face_detection import (CenterFaceDetector, Face, main_face, pad_box, smooth_centered,
                                    smooth_forward)
 
 
@@ -53,10 +55,43 @@ class FaceTrack:
         return out
 
 
-def track_faces(info: VideoInfo, pads: tuple[int, int, int, int] = (0, 10, 0, 0), smooth: bool = True,
-                on_no_face: str = "pass", detect_max_side: int = 640, detector: str = "centerface",
-                device=None) -> FaceTrack:
-    """Detect faces in every frame of ``info`` and build the track the later stages use."""
+@dataclass
+class Detections:
+    """Every face the detector found in every frame of a video, before any choice or padding: what
+    depends on the video's content alone, cached per video so a new audio track skips detection.
+
+    ``ref_boxes`` holds, per frame, the reference detector's (S3FD) box for the main face when it was
+    asked for, else NaN.
+    """
+
+    n_frames: int
+    frame: np.ndarray      # (m,) int64: frame index of each face
+    boxes: np.ndarray      # (m, 4) float32
+    landmarks: np.ndarray  # (m, 5, 2) float32
+    scores: np.ndarray     # (m,) float32, best first within a frame
+    ref_boxes: np.ndarray  # (n_frames, 4) float32
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(f".{path.stem}.part.npz")
+        np.savez(tmp, n_frames=self.n_frames, frame=self.frame, boxes=self.boxes, landmarks=self.landmarks,
+                 scores=self.scores, ref_boxes=self.ref_boxes)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Detections":
+        with np.load(path) as z:
+            return cls(int(z["n_frames"]), z["frame"], z["boxes"], z["landmarks"], z["scores"], z["ref_boxes"])
+
+    def faces_in(self, index: int) -> list[Face]:
+        rows = np.nonzero(self.frame == index)[0]
+        return [Face(self.boxes[r], self.landmarks[r], float(self.scores[r])) for r in rows]
+
+
+def detect_faces(info: VideoInfo, detector: str = "centerface", detect_max_side: int = 320,
+                 device=None) -> Detections:
+    """Run the detector over every frame of ``info`` (one decoding pass)."""
     centerface = CenterFaceDetector(max_side=detect_max_side)
     s3fd = None
     if detector == "s3fd":
@@ -66,12 +101,36 @@ def track_faces(info: VideoInfo, pads: tuple[int, int, int, int] = (0, 10, 0, 0)
     elif detector != "centerface":
         raise ValueError(f"unknown detector {detector!r} (centerface or s3fd)")
 
-    present, boxes, landmarks, others = [], [], [], []
+    frame_idx, boxes, landmarks, scores, ref_boxes = [], [], [], [], []
     progress = Progress("face detection", info.n_frames)
-    shape = (info.height, info.width)
+    n = 0
     for i, frame in enumerate(iter_frames(info)):
         faces = centerface(frame)
+        ref = np.full(4, np.nan, np.float32)
         k = main_face(faces, frame.shape)
+        if s3fd is not None and k is not None:
+            ref = _s3fd_box(s3fd, frame, faces[k].box, dev).astype(np.float32)
+        for f in faces:
+            frame_idx.append(i)
+            boxes.append(f.box)
+            landmarks.append(f.landmarks)
+            scores.append(f.score)
+        ref_boxes.append(ref)
+        n = i + 1
+        progress.update()
+    return Detections(n, np.asarray(frame_idx, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4),
+                      np.asarray(landmarks, np.float32).reshape(-1, 5, 2), np.asarray(scores, np.float32),
+                      np.asarray(ref_boxes, np.float32).reshape(-1, 4))
+
+
+def build_track(dets: Detections, info: VideoInfo, pads: tuple[int, int, int, int] = (0, 10, 0, 0),
+                smooth: bool = True, on_no_face: str = "pass") -> FaceTrack:
+    """Choose the main face per frame, pad and smooth its box: the track the later stages use."""
+    present, boxes, landmarks, others = [], [], [], []
+    shape = (info.height, info.width)
+    for i in range(dets.n_frames):
+        faces = dets.faces_in(i)
+        k = main_face(faces, shape)
         if k is None:
             if on_no_face == "fail":
                 raise NoFaceError(
@@ -80,19 +139,16 @@ def track_faces(info: VideoInfo, pads: tuple[int, int, int, int] = (0, 10, 0, 0)
             present.append(False)
             boxes.append(np.zeros(4))
             landmarks.append(np.zeros((5, 2), np.float32))
-        else:
-            box = faces[k].box
-            if s3fd is not None:
-                box = _s3fd_box(s3fd, frame, box, dev)
-            # the reference truncates detector boxes to ints before padding and smoothing
-            boxes.append(pad_box(np.trunc(box), pads, shape))
-            landmarks.append(faces[k].landmarks)
-            present.append(True)
-            others += [[i, *f.landmarks.reshape(-1)] for j, f in enumerate(faces) if j != k]
-        progress.update()
+            continue
+        box = faces[k].box if np.isnan(dets.ref_boxes[i]).any() else dets.ref_boxes[i]
+        # the reference truncates detector boxes to ints before padding and smoothing
+        boxes.append(pad_box(np.trunc(box), pads, shape))
+        landmarks.append(faces[k].landmarks)
+        present.append(True)
+        others += [[i, *f.landmarks.reshape(-1)] for j, f in enumerate(faces) if j != k]
     present_a = np.asarray(present, bool)
-    boxes_a = np.trunc(np.asarray(boxes, np.float64)).astype(np.int64)
-    lms_a = np.asarray(landmarks, np.float32)
+    boxes_a = np.trunc(np.asarray(boxes, np.float64)).astype(np.int64).reshape(-1, 4)
+    lms_a = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
     if smooth:
         boxes_a = smooth_forward(boxes_a, present_a, window=5)
         lms_a = smooth_centered(lms_a, present_a, radius=1)
@@ -100,6 +156,13 @@ def track_faces(info: VideoInfo, pads: tuple[int, int, int, int] = (0, 10, 0, 0)
     present_a &= (boxes_a[:, 2] - boxes_a[:, 0] >= 2) & (boxes_a[:, 3] - boxes_a[:, 1] >= 2)
     others_a = np.asarray(others, np.float32).reshape(-1, 11)
     return FaceTrack(present_a, boxes_a, lms_a.astype(np.float32), others_a)
+
+
+def track_faces(info: VideoInfo, pads: tuple[int, int, int, int] = (0, 10, 0, 0), smooth: bool = True,
+                on_no_face: str = "pass", detect_max_side: int = 320, detector: str = "centerface",
+                device=None) -> FaceTrack:
+    """Detect faces in every frame of ``info`` and build the track the later stages use."""
+    return build_track(detect_faces(info, detector, detect_max_side, device), info, pads, smooth, on_no_face)
 
 
 def _s3fd_box(net, frame: np.ndarray, fallback: np.ndarray, device) -> np.ndarray:

@@ -16,9 +16,9 @@ from core.storage import local_copy
 from core.workarea import WorkArea, run_stage
 from models.batching import split_on_oom
 from models.audio import frame_count, mel_windows, melspectrogram
-from models.restorer import autocast
+from models.precision import PRECISIONS, autocast, resolve_precision
 from models.wav2lip import FACE_SIZE
-from tasks.faces import FaceTrack, track_faces
+from tasks.faces import Detections, FaceTrack, build_track, detect_faces
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,17 @@ class LipsyncOptions:
     pads: tuple[int, int, int, int] = (0, 10, 0, 0)
     smooth: bool = True
     on_no_face: str = "pass"          # "pass": frame unchanged; "fail": abort
-    batch_size: int = 32
+    batch_size: int = 0               # 0: 16 on CPU (measured fastest: 26 ms/frame bf16 vs 40 at 128), 128 on CUDA
     detector: str = "centerface"
-    detect_max_side: int = 640
-    precision: str = "fp32"
+    detect_max_side: int = 320       # detection input size, doubled for small faces
+    precision: str = "auto"          # see models.precision
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 0:
+            raise ValueError("batch_size must be 0 (automatic) or more")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,13 @@ class SyncedVideo:
         return asdict(self)
 
 
-def lipsync(audio: str, video: str, out_dir: str | Path, opts: LipsyncOptions = LipsyncOptions()
-            ) -> SyncedVideo:
-    """Run Wav2Lip over ``video`` driven by ``audio``; write ``synced.mkv`` and ``faces.npz`` in ``out_dir``."""
+def lipsync(audio: str, video: str, out_dir: str | Path, opts: LipsyncOptions = LipsyncOptions(),
+            detections: str | Path | None = None) -> SyncedVideo:
+    """Run Wav2Lip over ``video`` driven by ``audio``; write ``synced.mkv`` and ``faces.npz`` in ``out_dir``.
+
+    ``detections``: the video's saved :class:`Detections` (from :func:`detect_faces`); detected here
+    when not given.
+    """
     from models.loading import get_model
 
     log = get_logger()
@@ -74,13 +84,21 @@ def lipsync(audio: str, video: str, out_dir: str | Path, opts: LipsyncOptions = 
     n_out = frame_count(len(wav), info.fps)
     windows = mel_windows(mel, n_out, info.fps)
     model, _, device = get_model("wav2lip", opts.checkpoint, opts.device)
+    batch_size = opts.batch_size or (128 if device.type == "cuda" else 16)
 
-    track = track_faces(info, opts.pads, opts.smooth, opts.on_no_face, opts.detect_max_side,
-                        opts.detector, opts.device)
+    if detections is None:
+        dets = detect_faces(info, opts.detector, opts.detect_max_side, opts.device)
+    else:
+        dets = Detections.load(detections)
+        if dets.n_frames != info.n_frames:
+            raise RuntimeError(f"face detections of {video} cover {dets.n_frames} frames, the video has "
+                               f"{info.n_frames}: stale detections")
+    track = build_track(dets, info, opts.pads, opts.smooth, opts.on_no_face)
     n_src = track.n_frames
     if not track.present.any():
         log.warning("video %s: no face found in any frame; the output shows it unchanged", video)
-    log.info("lip-sync: %d source frames -> %d output frames at %.3f fps", n_src, n_out, float(info.fps))
+    log.info("lip-sync: %d source frames -> %d output frames at %.3f fps (%s, %s)", n_src, n_out,
+             float(info.fps), device, resolve_precision(opts.precision, device))
 
     faces_path = track.save(out_dir / "faces.npz")
     progress = Progress("lip-sync", n_out)
@@ -90,7 +108,7 @@ def lipsync(audio: str, video: str, out_dir: str | Path, opts: LipsyncOptions = 
         batch: list[tuple[np.ndarray, int]] = []
         for i, frame in enumerate(_looped_frames(info, n_src, n_out)):
             batch.append((frame, i))
-            if len(batch) == opts.batch_size:
+            if len(batch) == batch_size:
                 _sync_batch(model, device, batch, track, windows, n_src, writer, opts.precision)
                 progress.update(len(batch))
                 batch = []
@@ -157,24 +175,51 @@ def _sync_batch(model, device, batch, track: FaceTrack, windows: np.ndarray, n_s
 
 
 VERSION = "1"
+DETECT_VERSION = "1"
 
 
-def _parts(job: dict, opts: LipsyncOptions, **_) -> dict:
+def _detect_parts(job: dict, opts: LipsyncOptions, **_) -> dict:
+    """What detection depends on: the video's content and the detector settings, not the audio."""
     from models.checkpoint import resolve_device
     from models.weights import require, sha256_file
 
-    parts = {"audio": job["audio_sha256"], "video": job["video_sha256"], "opts": asdict(opts),
-             "weights": sha256_file(require(opts.checkpoint)), "device": resolve_device(opts.device).type}
+    parts = {"video": job["video_sha256"], "detector": opts.detector, "max_side": opts.detect_max_side}
     if opts.detector == "s3fd":
-        parts["detector_weights"] = sha256_file(require("s3fd-619a316812.pth"))
+        parts["weights"] = sha256_file(require("s3fd-619a316812.pth"))
+        parts["device"] = resolve_device(opts.device).type
     return parts
 
 
+@stage_task("detect_faces", stage="faces", version=DETECT_VERSION, parts=_detect_parts)
+def detect_faces_task(job: dict, opts: LipsyncOptions, work_root: str, refresh: bool = False) -> dict:
+    """Face detection over the video, keyed by the video's content: reused whatever the audio."""
+    def produce(out_dir: Path) -> dict:
+        with local_copy(job["video"], "video") as v:
+            info = probe_video(v, still_fps=opts.still_fps)
+            dets = detect_faces(info, opts.detector, opts.detect_max_side, opts.device)
+        return {"detections": str(dets.save(out_dir / "detections.npz")), "n_frames": dets.n_frames,
+                "faces": int(len(dets.frame))}
+
+    return run_stage(WorkArea(work_root), "faces", DETECT_VERSION, _detect_parts(job, opts), produce, refresh)
+
+
+def _parts(job: dict, dets: dict, opts: LipsyncOptions, **_) -> dict:
+    from models.checkpoint import resolve_device
+    from models.precision import resolve_precision
+    from models.weights import require, sha256_file
+
+    device = resolve_device(opts.device)
+    return {"audio": job["audio_sha256"], "video": job["video_sha256"], "detections": dets["key"],
+            "opts": asdict(opts), "weights": sha256_file(require(opts.checkpoint)), "device": device.type,
+            "precision": resolve_precision(opts.precision, device)}
+
+
 @stage_task("lipsync", stage="lipsync", version=VERSION, parts=_parts)
-def lipsync_task(job: dict, opts: LipsyncOptions, work_root: str, refresh: bool = False) -> dict:
+def lipsync_task(job: dict, dets: dict, opts: LipsyncOptions, work_root: str, refresh: bool = False) -> dict:
     """Lip-sync stage, content-keyed: reused when audio, video, options and weights are unchanged."""
     def produce(out_dir: Path) -> dict:
-        with local_copy(job["audio"], "audio") as a, local_copy(job["video"], "video") as v:
-            return lipsync(a, v, out_dir, opts).to_dict()
+        with local_copy(job["audio"], "audio") as a, local_copy(job["video"], "video") as v, \
+                local_copy(dets["detections"], "face detections") as d:
+            return lipsync(a, v, out_dir, opts, detections=d).to_dict()
 
-    return run_stage(WorkArea(work_root), "lipsync", VERSION, _parts(job, opts), produce, refresh)
+    return run_stage(WorkArea(work_root), "lipsync", VERSION, _parts(job, dets, opts), produce, refresh)

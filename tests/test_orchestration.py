@@ -31,12 +31,14 @@ def tiny(media_dir) -> dict:
 
 # ---------------------------------------------------------------------------------- cache keys
 def test_cache_key_follows_content_parameters_and_weights(models_dir, tiny, tmp_path):
-    from tasks.lipsync import LipsyncOptions, _parts
+    from tasks.lipsync import LipsyncOptions, _detect_parts, _parts
     from tasks.probe import probe_job
     from core.workarea import stage_key
 
     def key(audio, video, opts=LipsyncOptions()):
-        return stage_key("lipsync", "1", **_parts(probe_job(audio, video, str(tmp_path / "o.mp4")), opts))
+        job = probe_job(audio, video, str(tmp_path / "o.mp4"))
+        dets = {"key": stage_key("faces", "1", **_detect_parts(job, opts))}
+        return stage_key("lipsync", "1", **_parts(job, dets, opts))
 
     base = key(tiny["audio"], tiny["video"])
     moved = tmp_path / "elsewhere" / "renamed.mp4"
@@ -57,6 +59,43 @@ def test_cache_key_follows_content_parameters_and_weights(models_dir, tiny, tmp_
         assert key(tiny["audio"], tiny["video"]) != base               # the weights
     finally:
         os.environ["WAV2LIP_HQ_MODELS_DIR"] = str(models_dir)
+
+
+def test_face_detection_is_keyed_by_the_video_alone(models_dir, tiny, tmp_path):
+    from core.workarea import stage_key
+    from tasks.lipsync import LipsyncOptions, _detect_parts
+    from tasks.probe import probe_job
+
+    def key(audio, video, opts=LipsyncOptions()):
+        return stage_key("faces", "1", **_detect_parts(probe_job(audio, video, str(tmp_path / "o.mp4")), opts))
+
+    base = key(tiny["audio"], tiny["video"])
+    other_audio = tmp_path / "other.wav"
+    ffmpeg("-i", tiny["audio"], "-af", "volume=0.5", str(other_audio))
+    assert key(str(other_audio), tiny["video"]) == base                # new audio: same detections
+    assert key(tiny["audio"], tiny["video"], LipsyncOptions(pads=(0, 20, 0, 0), checkpoint="wav2lip.pth",
+                                                            precision="fp32")) == base
+    assert key(tiny["audio"], tiny["video"], LipsyncOptions(detect_max_side=640)) != base
+    flipped = tmp_path / "flipped.mp4"
+    ffmpeg("-i", tiny["video"], "-vf", "hflip", "-c:v", "ffv1", str(flipped))
+    assert key(tiny["audio"], str(flipped)) != base
+
+
+def test_a_new_audio_track_reuses_the_face_detections(models_dir, tiny, tmp_path):
+    """Two jobs on one video: detection runs once, lip-sync twice, and both outputs are complete."""
+    from core.media import probe_video
+    from flows.lipsync_hq import lipsync_hq
+
+    other_audio = tmp_path / "other.wav"
+    ffmpeg("-i", tiny["audio"], "-af", "volume=0.5", str(other_audio))
+    work = tmp_path / "work"
+    for i, audio in enumerate([tiny["audio"], str(other_audio)]):
+        lipsync_hq(audio=audio, video=tiny["video"], output=str(tmp_path / f"out{i}.mp4"),
+                   enhance=False, work_dir=str(work), dask_workers=0)
+    faces = [json.loads(p.read_text()) for p in (work / "faces").glob("*/manifest.json")]
+    assert len(faces) == 1 and faces[0]["faces"] >= 1
+    assert len(list((work / "lipsync").glob("*/manifest.json"))) == 2
+    assert all(probe_video(str(tmp_path / f"out{i}.mp4")).n_frames > 0 for i in range(2))
 
 
 # ---------------------------------------------------------------------------------- retries

@@ -65,7 +65,7 @@ def test_gfpgan_bf16_within_two_levels_of_fp32(face):
 
 
 def test_wav2lip_bf16_within_two_levels_of_fp32(face):
-    from models.restorer import autocast
+    from models.precision import autocast
     from models.wav2lip import Wav2Lip
     from tasks.lipsync import prepare_faces
     from tests.checkpoints import _randomize
@@ -87,3 +87,35 @@ def test_wav2lip_bf16_within_two_levels_of_fp32(face):
     d = _levels(to_u8(ref), to_u8(low))
     assert d.max() <= 2, f"max difference {d.max()}/255"
     assert d.mean() < 0.3, f"mean difference {d.mean():.3f}/255"
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    import models.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.resolve_precision("auto", "cpu") == "fp32"  # emulated bf16 is slower than fp32
+    assert precision.resolve_precision("auto", "cuda") == "fp16"
+    assert precision.resolve_precision("fp16", "cpu") == "bf16"
+    assert precision.resolve_precision("fp32", "cuda") == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        precision.resolve_precision("int8", "cpu")
+    with precision.autocast("cpu", "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with precision.autocast("cpu", "bf16"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_auto_precision_enters_the_cache_key(models_dir, monkeypatch):
+    """A job cached at fp32 on one machine is not served to an ``auto`` run that would compute bf16."""
+    import models.precision as precision
+    from tasks.enhance import EnhanceOptions, _parts
+
+    chunk = {"key": "k" * 64}
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    auto_bf16 = _parts(chunk, EnhanceOptions(device="cpu"))
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    auto_fp32 = _parts(chunk, EnhanceOptions(device="cpu"))
+    assert auto_bf16["precision"] == "bf16" and auto_fp32["precision"] == "fp32"
+    assert auto_bf16 != auto_fp32
