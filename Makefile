@@ -35,5 +35,10 @@ run: setup models
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# the five performance benchmarks (bench/run.py); PROFILE=quick|standard|full, JSON=results.json
+PROFILE ?= standard
+bench: setup
+	$(BIN)/python -m bench.run --profile $(PROFILE) $(if $(JSON),--json $(JSON)) $(ARGS)
+
 clean-venv:
 	rm -rf $(VENV)
