@@ -10,6 +10,7 @@ import pytest
 from core.errors import NoFaceError
 from core.media import iter_frames, probe_video
 from models.face_detection import (
+    CenterFaceDetector,
     Face,
     decode_centerface,
     main_face,
@@ -63,6 +64,36 @@ def test_astronaut_one_face(centerface, astronaut):
     assert _iou(f.box, [182, 58, 270, 178]) > 0.8, f.box
     assert 1.1 < (y2 - y1) / (x2 - x1) < 1.6  # face boxes are taller than wide
     assert main_face(faces, astronaut.shape) == 0
+
+
+def test_small_faces_get_larger_detection_sizes(centerface, astronaut, monkeypatch):
+    """A face that is small in the downscaled frame is detected again at twice the size, until it is
+    big enough there; a large face is detected once, at the smallest size."""
+    scales = []
+    detect = CenterFaceDetector._detect
+
+    def spy(self, frame, scale):
+        scales.append(scale)
+        return detect(self, frame, scale)
+
+    monkeypatch.setattr(CenterFaceDetector, "_detect", spy)
+    ref = centerface(astronaut)[0]
+    scales.clear()
+    canvas = np.zeros((1536, 1536, 3), np.uint8)
+    canvas[512:1024, 512:1024] = astronaut     # her face: ~120 px of 1536, 25 px at 320
+    faces = centerface(canvas)
+    assert scales == [320 / 1536, 640 / 1536, 1280 / 1536]
+    assert len(faces) == 1
+    assert _iou(faces[0].box - 512, ref.box) > 0.8
+    assert np.max(np.linalg.norm(faces[0].landmarks - 512 - ref.landmarks, axis=1)) < 6.0
+
+    scales.clear()
+    big = np.repeat(np.repeat(astronaut, 2, axis=0), 2, axis=1)  # face ~240 px of 1024: 75 px at 320
+    assert len(centerface(big)) == 1 and scales == [320 / 1024]
+
+    scales.clear()
+    assert centerface(np.zeros((1000, 1000, 3), np.uint8)) == []
+    assert scales == [0.32, 0.64, 1.0]      # no face: every size up to the full frame, then give up
 
 
 @pytest.mark.parametrize("layout", ["wide_canvas", "tall_canvas", "upscaled"])
@@ -377,3 +408,22 @@ def test_face_track_roundtrip_of_real_track(tmp_path, astronaut_video):
     np.testing.assert_array_equal(back.landmarks, track.landmarks)
     assert back.faces_at(BLACK) == []
     np.testing.assert_array_equal(back.faces_at(0)[0], track.landmarks[0])
+
+
+def test_saved_detections_give_the_same_track(tmp_path, astronaut_video):
+    """The cached detections (the detect_faces stage's file) rebuild exactly the track detected live."""
+    from tasks.faces import Detections, build_track, detect_faces
+
+    path, frames = astronaut_video
+    info = probe_video(path)
+    dets = detect_faces(info)
+    assert dets.n_frames == len(frames) and dets.faces_in(BLACK) == []
+    assert np.isnan(dets.ref_boxes).all()          # no reference detector asked for
+    back = Detections.load(dets.save(tmp_path / "detections.npz"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["detections.npz"]
+    for pads in [(0, 10, 0, 0), (5, 20, 3, 3)]:
+        live, cached = track_faces(info, pads=pads), build_track(back, info, pads=pads)
+        for name in ("present", "boxes", "landmarks", "others"):
+            np.testing.assert_array_equal(getattr(live, name), getattr(cached, name), err_msg=name)
+    with pytest.raises(NoFaceError, match=f"frame {BLACK}"):
+        build_track(back, info, on_no_face="fail")
