@@ -65,8 +65,30 @@ def worker_env(threads: int) -> dict[str, str]:
     return env
 
 
+def nanny_environ() -> dict:
+    """Dask's pre-spawn environment for worker processes, without ``MALLOC_TRIM_THRESHOLD_``.
+
+    Setting that variable (Dask sets 65536) also switches off glibc's dynamic mmap threshold, so every
+    large tensor a network allocates is mmap'd, page-faulted in and unmapped again on each call:
+    measured here, GFPGAN in a Dask worker took 3.17 s/face (6.1 s of CPU) with it and 1.95 s/face
+    (3.8 s of CPU) without, the same as in a plain process (2.05 s).
+    """
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
+
+
 def local_cluster(n_workers: int, threads_per_worker: int, gpus: int = 0, **kwargs):
     """A Dask cluster on this machine, created when the runner first needs it (inside the run)."""
+    import dask
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": nanny_environ()}):
+        return _local_cluster(n_workers, threads_per_worker, gpus, **kwargs)
+
+
+def _local_cluster(n_workers: int, threads_per_worker: int, gpus: int, **kwargs):
     env = worker_env(threads_per_worker)
     cluster = None
     if gpus:

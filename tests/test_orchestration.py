@@ -282,3 +282,32 @@ def test_local_cluster_is_sized_to_the_machine(monkeypatch):
     monkeypatch.setattr(flows.runners, "current_api_url", lambda: "http://prefect.example:4200/api")
     env = worker_env(threads=2)
     assert env["PREFECT_API_URL"] == "http://prefect.example:4200/api" and env["OMP_NUM_THREADS"] == "2"
+
+
+def _worker_environment() -> dict:
+    import torch
+
+    from models.loading import _pin_threads
+
+    _pin_threads()
+    return {"trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "threads": torch.get_num_threads()}
+
+
+def test_local_cluster_workers_keep_glibc_adaptive_allocation():
+    """Dask's nanny would set MALLOC_TRIM_THRESHOLD_ (1.6x slower GFPGAN on CPU); ours leave it out,
+    give each worker its torch threads, and leave Dask's own configuration as it was."""
+    import dask
+    from distributed import Client
+
+    from flows.runners import local_cluster
+
+    before = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    assert "MALLOC_TRIM_THRESHOLD_" in before  # Dask's default: what this guards against
+    cluster = local_cluster(1, 2)
+    try:
+        with Client(cluster) as client:
+            got = client.submit(_worker_environment, pure=False).result(timeout=120)
+    finally:
+        cluster.close()
+    assert got == {"trim": None, "threads": 2}
+    assert dask.config.get("distributed.nanny.pre-spawn-environ") == before
