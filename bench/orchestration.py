@@ -144,15 +144,20 @@ def _enhance(chunk, faces, n_source, width, height, out_dir, precision):
 
 def enhance_throughput(synced, chunks: list, n_faces: int, out_dir: Path, workers: int, threads: int,
                        precision: str) -> dict:
-    """Wall time of enhance_chunk over ``chunks`` on a LocalCluster(n_workers=workers, 1 thread each)."""
+    """Wall time of enhance_chunk over ``chunks`` on a LocalCluster(n_workers=workers, 1 thread each),
+    its workers spawned with the flow's environment (no MALLOC_TRIM_THRESHOLD_, see flows/runners.py)."""
+    import dask
     from distributed import Client, LocalCluster, wait
 
     from bench.load import CpuShare
+    from flows.runners import nanny_environ
 
     env = {k: os.environ[k] for k in ("WAV2LIP_HQ_MODELS_DIR", "WAV2LIP_HQ_FFMPEG") if k in os.environ}
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": nanny_environ()}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
+                               dashboard_address=None)
+    with cluster, Client(cluster) as client:
         client.register_plugin(TorchThreads(threads))
         addrs = list(client.scheduler_info()["workers"])
         got = client.gather([client.submit(_warm, precision, workers=[a], pure=False) for a in addrs])
