@@ -2,6 +2,7 @@
 retries with backoff for transient failures and never for bad input."""
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 
@@ -32,7 +33,10 @@ def stage_task(name: str, stage: str | None = None, version: str = "1",
         key = stage_key(stage, version, **parts(**parameters))
         if WorkArea(parameters["work_root"]).finished(stage, key) is None:
             return None
-        return f"wav2lip-hq-{stage}-{key}"
+        # the result names files in this work area: a run on another work area (same content, same
+        # key) must not be handed it, or it would point at files that may be gone
+        area = hashlib.sha256(str(parameters["work_root"]).rstrip("/").encode()).hexdigest()[:16]
+        return f"wav2lip-hq-{stage}-{key}-{area}"
 
     options = dict(name=name, retries=retries, retry_delay_seconds=retry_delays()[:max(1, retries)],
                    retry_jitter_factor=0.2, retry_condition_fn=retry_unless_bad_input)

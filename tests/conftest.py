@@ -1,15 +1,24 @@
 """Shared fixtures: random-weight checkpoints in the official layout, and media the tests make."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.checkpoints import make_gfpgan_checkpoint, make_wav2lip_checkpoint
+# Prefect results of this session only (set before Prefect is imported): records left in the user's
+# ~/.prefect/storage by earlier runs must not satisfy this session's cache keys
+if "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in os.environ:
+    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = _results = tempfile.mkdtemp(prefix="wav2lip-hq-results-")
+    atexit.register(shutil.rmtree, _results, True)
+
+from tests.checkpoints import make_gfpgan_checkpoint, make_wav2lip_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = REPO.parent / "shared" / "media"

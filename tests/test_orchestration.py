@@ -98,6 +98,28 @@ def test_a_new_audio_track_reuses_the_face_detections(models_dir, tiny, tmp_path
     assert all(probe_video(str(tmp_path / f"out{i}.mp4")).n_frames > 0 for i in range(2))
 
 
+def test_a_cached_result_never_points_into_another_work_area(models_dir, tiny, tmp_path):
+    """Same video, two work areas: once area A's results are cached and A is deleted, a run on area B
+    that reuses B's face detections for a new audio track finds B's file, not A's (Prefect's cache
+    key names the work area, not only the content)."""
+    from core.media import probe_video
+    from flows.lipsync_hq import lipsync_hq
+
+    other_audio = tmp_path / "other.wav"
+    ffmpeg("-i", tiny["audio"], "-af", "volume=0.5", str(other_audio))
+
+    def run(area: str, n: int, audio: str = tiny["audio"]) -> None:
+        lipsync_hq(audio=audio, video=tiny["video"], output=str(tmp_path / f"{area}{n}.mp4"),
+                   enhance=False, work_dir=str(tmp_path / area), dask_workers=0)
+
+    run("A", 1)
+    run("A", 2)          # every stage finished in A: results cached under their keys
+    run("B", 1)
+    shutil.rmtree(tmp_path / "A")
+    run("B", 2, str(other_audio))   # detections finished in B, lip-sync not: it reads B's detections
+    assert probe_video(str(tmp_path / "B2.mp4")).n_frames == probe_video(str(tmp_path / "B1.mp4")).n_frames
+
+
 # ---------------------------------------------------------------------------------- retries
 class FlakyFS(MemoryFileSystem):
     """An object store whose first writes fail like a network hiccup."""
