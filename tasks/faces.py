@@ -85,8 +85,9 @@ class Detections:
             return cls(int(z["n_frames"]), z["frame"], z["boxes"], z["landmarks"], z["scores"], z["ref_boxes"])
 
     def faces_in(self, index: int) -> list[Face]:
-        rows = np.nonzero(self.frame == index)[0]
-        return [Face(self.boxes[r], self.landmarks[r], float(self.scores[r])) for r in rows]
+        # faces are stored in frame order: a binary search, not a scan per frame (long videos)
+        lo, hi = np.searchsorted(self.frame, [index, index + 1])
+        return [Face(self.boxes[r], self.landmarks[r], float(self.scores[r])) for r in range(lo, hi)]
 
 
 def detect_faces(info: VideoInfo, detector: str = "centerface", detect_max_side: int = 320,
