@@ -18,6 +18,15 @@ from models.face_detection import (CenterFaceDetector, Face, main_face, pad_box,
                                    smooth_forward)
 
 
+def _save_npz(path: str | Path, **arrays) -> Path:
+    """Write ``arrays`` to ``path`` under a temporary name, then move it: never a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.part.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
 @dataclass
 class FaceTrack:
     """Per source frame: whether a face is used, its lip-sync box (ints) and its 5 landmarks.
@@ -36,11 +45,8 @@ class FaceTrack:
         return len(self.present)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(f".{path.stem}.part.npz")
-        np.savez(tmp, present=self.present, boxes=self.boxes, landmarks=self.landmarks, others=self.others)
-        tmp.replace(path)
-        return path
+        return _save_npz(path, present=self.present, boxes=self.boxes, landmarks=self.landmarks,
+                         others=self.others)
 
     @classmethod
     def load(cls, path: str | Path) -> "FaceTrack":
@@ -72,12 +78,8 @@ class Detections:
     ref_boxes: np.ndarray  # (n_frames, 4) float32
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(f".{path.stem}.part.npz")
-        np.savez(tmp, n_frames=self.n_frames, frame=self.frame, boxes=self.boxes, landmarks=self.landmarks,
-                 scores=self.scores, ref_boxes=self.ref_boxes)
-        tmp.replace(path)
-        return path
+        return _save_npz(path, n_frames=self.n_frames, frame=self.frame, boxes=self.boxes,
+                         landmarks=self.landmarks, scores=self.scores, ref_boxes=self.ref_boxes)
 
     @classmethod
     def load(cls, path: str | Path) -> "Detections":
