@@ -83,7 +83,11 @@ def nanny_environ() -> dict:
 def local_cluster(n_workers: int, threads_per_worker: int, gpus: int = 0, **kwargs):
     """A Dask cluster on this machine, created when the runner first needs it (inside the run)."""
     import dask
+    import distributed  # noqa: F401 - registers its config defaults (see below)
 
+    # dask.config.set on a key of a section that does not exist yet removes the whole section on
+    # exit: had `distributed` been first imported inside the block, its defaults would vanish with
+    # it and closing the cluster would fail with KeyError: 'distributed'
     with dask.config.set({"distributed.nanny.pre-spawn-environ": nanny_environ()}):
         return _local_cluster(n_workers, threads_per_worker, gpus, **kwargs)
 

@@ -333,3 +333,16 @@ def test_local_cluster_workers_keep_glibc_adaptive_allocation():
         cluster.close()
     assert got == {"trim": None, "threads": 2}
     assert dask.config.get("distributed.nanny.pre-spawn-environ") == before
+
+
+def test_local_cluster_in_a_fresh_process_leaves_dask_config_whole():
+    """As the batch flow starts it: nothing has imported `distributed` yet. Closing the cluster
+    needs Dask's `distributed` configuration, which the temporary override must not remove."""
+    code = ("from flows.runners import local_cluster\n"
+            "import sys; assert 'distributed' not in sys.modules\n"
+            "cluster = local_cluster(1, 1)\n"
+            "cluster.close()\n"
+            "import dask; print(dask.config.get('distributed.scheduler.work-stealing'))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("True")
