@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
+import ffmpeg
 import numpy as np
 import torch
 
@@ -183,8 +184,8 @@ def run_baseline(audio: str, video: str, out: str | Path, tmp: str | Path, crf: 
         times[name] = times.get(name, 0.0) + now - clock[0]
         clock[0] = now
 
-    w2l, _, _ = get_model("wav2lip", "wav2lip_gan.pth", "cpu")
-    gfpgan, _, _ = get_model("gfpgan", "GFPGANv1.4.pth", "cpu")
+    w2l, _ = get_model("wav2lip", "wav2lip_gan.pth", "cpu")
+    gfpgan, _ = get_model("gfpgan", "GFPGANv1.4.pth", "cpu")
     lap("load_models")
     frames, fps = decode_all(video)
     lap("decode_all")
@@ -215,9 +216,11 @@ def run_baseline(audio: str, video: str, out: str | Path, tmp: str | Path, crf: 
         cv2.imwrite(str(png_out / f"{i:06d}.png"), restored)
     lap("enhance_png")
     silent = tmp / "silent.mp4"
-    pad = [] if w % 2 == 0 and h % 2 == 0 else ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
-    run_ffmpeg(["-framerate", f"{fps:g}", "-i", str(png_out / "%06d.png"), *pad, "-c:v", "libx264",
-                "-crf", str(crf), "-preset", preset, "-pix_fmt", "yuv420p", str(silent)], "encoding PNGs")
+    pngs = ffmpeg.input(str(png_out / "%06d.png"), framerate=f"{fps:g}")["v:0"]
+    if w % 2 or h % 2:
+        pngs = pngs.filter("pad", "ceil(iw/2)*2", "ceil(ih/2)*2")
+    run_ffmpeg(pngs.output(str(silent), **{"c:v": "libx264", "crf": crf, "preset": preset, "pix_fmt": "yuv420p"}),
+               "encoding PNGs")
     lap("encode")
     mux(silent, audio, out, audio_codec="aac")
     lap("mux")
@@ -230,7 +233,7 @@ def run_baseline(audio: str, video: str, out: str | Path, tmp: str | Path, crf: 
 
 
 def main() -> None:
-    from bench.stage_times import weights_available
+    from bench.common import weights_available
     from core.media import ffmpeg_exe
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

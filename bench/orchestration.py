@@ -19,6 +19,9 @@ from pathlib import Path
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from core.options import RunOptions
+from core.products import Chunk, SyncedVideo
+
 
 # ------------------------------------------------------------------------------------ Prefect server
 def _free_port() -> int:
@@ -131,27 +134,29 @@ def _warm(precision: str) -> int:
     from models.loading import get_model
     from models.restorer import restore_faces
 
-    net, _, dev = get_model("gfpgan", "GFPGANv1.4.pth", "cpu")
+    net, dev = get_model("gfpgan", "GFPGANv1.4.pth", "cpu")
     restore_faces(net, [np.full((512, 512, 3), 128, np.uint8)], dev, precision=precision)
     return torch.get_num_threads()
 
 
-def _enhance(chunk, faces, n_source, width, height, out_dir, precision):
-    from tasks.enhance import EnhanceOptions, enhance_chunk
+def _enhance(chunk: Chunk, synced: SyncedVideo, opts: RunOptions, work_root: str) -> Chunk:
+    from tasks.enhance_chunk import enhance_chunk_task
 
-    return enhance_chunk(chunk, faces, n_source, width, height, out_dir, EnhanceOptions(precision=precision))
+    return enhance_chunk_task.fn(chunk, synced, opts, work_root)
 
 
-def enhance_throughput(synced, chunks: list, n_faces: int, out_dir: Path, workers: int, threads: int,
-                       precision: str) -> dict:
-    """Wall time of enhance_chunk over ``chunks`` on a LocalCluster(n_workers=workers, 1 thread each),
-    its workers spawned with the flow's environment (no MALLOC_TRIM_THRESHOLD_, see flows/runners.py)."""
+def enhance_throughput(synced: SyncedVideo, chunks: list[Chunk], n_faces: int, work_root: str, workers: int,
+                       threads: int, precision: str) -> dict:
+    """Wall time of the enhance_chunk stage over ``chunks`` on a LocalCluster(n_workers=workers, 1 thread
+    each), its workers spawned with the flow's environment (no MALLOC_TRIM_THRESHOLD_, see
+    flows/runners.py). ``work_root`` must be new: a chunk finished there is not enhanced again."""
     import dask
     from distributed import Client, LocalCluster, wait
 
     from bench.load import CpuShare
     from flows.runners import nanny_environ
 
+    opts = RunOptions(precision=precision, device="cpu", dask_workers=0)
     env = {k: os.environ[k] for k in ("WAV2LIP_HQ_MODELS_DIR", "WAV2LIP_HQ_FFMPEG") if k in os.environ}
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with dask.config.set({"distributed.nanny.pre-spawn-environ": nanny_environ()}):
@@ -162,11 +167,10 @@ def enhance_throughput(synced, chunks: list, n_faces: int, out_dir: Path, worker
         addrs = list(client.scheduler_info()["workers"])
         got = client.gather([client.submit(_warm, precision, workers=[a], pure=False) for a in addrs])
         with CpuShare() as share:
-            futs = [client.submit(_enhance, c, synced.faces, synced.n_source, synced.width, synced.height,
-                                  str(out_dir), precision, pure=False) for c in chunks]
+            futs = [client.submit(_enhance, c, synced, opts, work_root, pure=False) for c in chunks]
             wait(futs)
-        for f in futs:
-            f.result()
+        if any(f.result().reused for f in futs):
+            raise RuntimeError(f"enhance_chunk reused finished chunks in {work_root}: nothing was measured")
     return {"workers": workers, "threads": threads, "torch_threads": got, "wall": share.wall,
             "cpu": share.ours, "others_cores": share.others, "faces": n_faces, "faces_per_s": n_faces / share.wall}
 

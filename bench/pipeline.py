@@ -1,4 +1,5 @@
-"""Our pipeline as plain stage-function calls (no Prefect), timed per stage; shared by the benchmarks.
+"""Our pipeline as the flow runs it, stage by stage through the tasks' plain functions (no Prefect),
+timed per stage; shared by the benchmarks.
 
 As a program it is the child process of the memory benchmark: it runs the pipeline once on the given
 (already looped) clip and prints one JSON line with stage times and peak memory.
@@ -12,21 +13,20 @@ import json
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
-from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-STAGES = ("lipsync", "split_video", "extract_audio", "enhance", "combine_frames", "final_mux")
 
-
-def count_faces(faces_path: str, n_frames: int, n_source: int) -> int:
-    """Faces the enhancer restores over ``n_frames`` output frames (same rule as tasks.enhance)."""
+def count_faces(face_track: str, n_frames: int, n_source: int) -> int:
+    """Faces the enhancer restores over ``n_frames`` output frames (same rule as tasks.enhance_chunk)."""
+    from models.face_track import FaceTrack
     from models.restorer import MIN_EYE_DISTANCE, eye_distance
-    from tasks.faces import FaceTrack
 
-    track = FaceTrack.load(faces_path)
+    track = FaceTrack.load(face_track)
     per_src = np.array([sum(eye_distance(lm) >= MIN_EYE_DISTANCE for lm in track.faces_at(i))
                         for i in range(track.n_frames)])
     return int(sum(per_src[i % n_source] for i in range(n_frames)))
@@ -82,49 +82,53 @@ def loaded_models(gfpgan: bool = True) -> dict:
 
 
 def run_ours(audio: str, video: str, out: str | Path, tmp: str | Path, precision: str = "fp32",
-             chunk_frames: int = 50, face_batch: int = 0, enhance_chunks: int = -1, crf: int = 18,
-             preset: str = "medium", batch_size: int = 0) -> dict:
-    """lipsync -> split_video -> extract_audio -> enhance_chunk (each) -> combine_frames -> final_mux.
+             chunk_frames: int = 50, enhance_chunks: int = -1, crf: int = 18, preset: str = "medium",
+             batch_size: int = 0) -> dict:
+    """The flow's stages in its order, each through its task's plain function (no Prefect), in a new
+    work area under ``tmp``; the final video is published to ``out``.
 
-    ``enhance_chunks``: -1 enhances every chunk, N the first N only (the others are encoded as
-    lip-synced), 0 none. Returns {"times": {stage: s}, "frames", "faces", "size", ...}.
+    ``enhance_chunks``: -1 enhances every chunk, N the first N only (the others go to combine_frames
+    as lip-synced), 0 none. Returns {"times": {stage: s}, "frames", "faces", "size", ...}.
     """
-    from tasks.audio import extract_audio
-    from tasks.combine import combine_frames, final_mux
-    from tasks.enhance import EnhanceOptions, enhance_chunk
-    from tasks.lipsync import LipsyncOptions, lipsync
-    from tasks.split import split_video
+    from core.options import RunOptions
+    from tasks.combine_frames import combine_frames_task
+    from tasks.detect_faces import detect_faces_task
+    from tasks.enhance_chunk import enhance_chunk_task
+    from tasks.extract_audio import extract_audio_task
+    from tasks.final_mux import final_mux_task
+    from tasks.lipsync import lipsync_task
+    from tasks.probe import probe_task
+    from tasks.split_video import split_video_task
 
-    tmp = Path(tmp)
+    opts = RunOptions(precision=precision, chunk_frames=chunk_frames, batch_size=batch_size, crf=crf,
+                      preset=preset, enhance=enhance_chunks != 0, device="cpu", dask_workers=0)
+    work, refresh = str(Path(tmp) / "work"), False
     times: dict[str, float] = {}
-
     hwm: dict[str, float] = {}
 
-    def timed(name, fn, *a, **kw):
+    def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
         t = time.perf_counter()
-        result = fn(*a, **kw)
+        result = fn(*args)
         times[name] = time.perf_counter() - t
         hwm[name] = peak_rss_mib()["python_mib"]
+        if getattr(result, "reused", False):  # a finished output found in the work area: nothing was timed
+            raise RuntimeError(f"{name}: reused a finished output in {work}; give run_ours a new tmp")
         return result
 
-    synced = timed("lipsync", lipsync, audio, video, tmp / "lipsync",
-                   LipsyncOptions(precision=precision, batch_size=batch_size))
-    chunks = timed("split_video", split_video, synced.video, synced.n_frames, tmp / "chunks", chunk_frames)
-    track = timed("extract_audio", extract_audio, synced.video, tmp / "audio")
-    opts = EnhanceOptions(precision=precision, face_batch=face_batch)
+    job = timed("probe", probe_task.fn, audio, video, str(out), opts)
+    detections = timed("detect_faces", detect_faces_task.fn, job, opts, work, refresh)
+    synced = timed("lipsync", lipsync_task.fn, job, detections, opts, work, refresh)
+    chunks = timed("split_video", split_video_task.fn, synced, opts, work, refresh).chunks
+    audio_track = timed("extract_audio", extract_audio_task.fn, synced, work, refresh)
     n_enh = len(chunks) if enhance_chunks < 0 else min(enhance_chunks, len(chunks))
-    t = time.perf_counter()
-    enhanced = [enhance_chunk(c, synced.faces, synced.n_source, synced.width, synced.height,
-                              tmp / "enhanced", opts) if c.index < n_enh else c for c in chunks]
-    times["enhance"] = time.perf_counter() - t
-    hwm["enhance"] = peak_rss_mib()["python_mib"]
-    silent = timed("combine_frames", combine_frames, enhanced, synced.width, synced.height,
-                   Fraction(synced.fps_num, synced.fps_den), tmp / "silent.mp4", crf, preset)
-    timed("final_mux", final_mux, silent, track, out)
+    frames = timed("enhance_chunk", lambda: [enhance_chunk_task.fn(c, synced, opts, work, refresh)
+                                             if c.index < n_enh else c for c in chunks])
+    silent = timed("combine_frames", combine_frames_task.fn, frames, synced, opts, work, refresh)
+    timed("final_mux", final_mux_task.fn, silent, audio_track, job, work, refresh)
     enhanced_frames = sum(c.n_frames for c in chunks[:n_enh])
     return {"times": times, "total": sum(times.values()), "frames": synced.n_frames,
             "enhanced_frames": enhanced_frames,
-            "faces": count_faces(synced.faces, enhanced_frames, synced.n_source),
+            "faces": count_faces(synced.face_track, enhanced_frames, synced.n_source),
             "size": [synced.width, synced.height], "precision": precision, "chunks": len(chunks),
             "enhanced_chunks": n_enh, "peak_after_stage_mib": hwm}
 

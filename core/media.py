@@ -1,7 +1,8 @@
 """Media I/O through ffmpeg: probing, streaming frames in and out, audio decode, muxing.
 
 Frames are numpy uint8 arrays in BGR order (OpenCV's), shape (H, W, 3). Nothing here holds a whole
-video in memory: frames stream through ffmpeg pipes.
+video in memory: frames stream through ffmpeg pipes. Every ffmpeg invocation is built here, with
+ffmpeg-python, and run through :func:`ffmpeg_exe`.
 """
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import cv2
+import ffmpeg
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from core.errors import InputError
 
@@ -40,36 +42,63 @@ def ffmpeg_exe() -> str:
     raise RuntimeError("no ffmpeg binary found: install imageio-ffmpeg or put ffmpeg on PATH")
 
 
-def run_ffmpeg(args: list[str], what: str) -> None:
-    """Run ffmpeg with ``args``; on failure raise with the tail of its log."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]
-    proc = subprocess.run(cmd, capture_output=True)
+GLOBAL_ARGS = ("-hide_banner", "-nostdin", "-loglevel", "error")
+
+
+def ffmpeg_command(stream, overwrite: bool = False) -> list[str]:
+    """The command line of an ffmpeg-python stream spec, for our binary, quiet."""
+    stream = stream.global_args(*GLOBAL_ARGS)
+    if overwrite:
+        stream = stream.overwrite_output()
+    return stream.compile(cmd=ffmpeg_exe())
+
+
+def run_ffmpeg(stream, what: str) -> None:
+    """Run an ffmpeg-python stream spec to its end (overwriting its output); on failure raise with the
+    start and the end of ffmpeg's log (the cause is often in its first lines)."""
+    proc = subprocess.run(ffmpeg_command(stream, overwrite=True), capture_output=True)
     if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace").strip()[-800:]
-        raise RuntimeError(f"ffmpeg failed while {what}: {tail}")
+        raise RuntimeError(f"ffmpeg failed while {what}: {ffmpeg_log(proc.stderr)}")
+
+
+def ffmpeg_log(stderr: bytes, limit: int = 800) -> str:
+    text = stderr.decode(errors="replace").strip()
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]} [...] {text[-limit // 2:]}"
 
 
 # ---------------------------------------------------------------------------------------------- probe
-@dataclass(frozen=True)
-class VideoInfo:
+class VideoInfo(BaseModel):
     """What the pipeline needs to know about a video (or still image) input."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     path: str
     width: int
     height: int
-    fps: Fraction          # the constant rate frames are delivered at
+    fps_num: int           # the constant rate frames are delivered at
+    fps_den: int
     n_frames: int          # frames delivered at ``fps`` (for a still image: 1)
     is_still: bool
     vfr: bool              # the source has variable frame rate and is resampled to ``fps``
-    has_audio: bool
+
+    @property
+    def fps(self) -> Fraction:
+        return Fraction(self.fps_num, self.fps_den)
 
     @property
     def duration(self) -> float:
         return float(self.n_frames / self.fps)
 
+    def at(self, path: str | Path) -> "VideoInfo":
+        """The same facts for a copy of the file at ``path``."""
+        return self.model_copy(update={"path": str(path)})
 
-@dataclass(frozen=True)
-class AudioInfo:
+
+class AudioInfo(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     path: str
     sample_rate: int
     channels: int
@@ -102,43 +131,43 @@ def probe_audio(path: str | Path, role: str = "audio") -> AudioInfo:
             duration = c.duration / 1_000_000
         else:
             duration = 0.0
-        return AudioInfo(str(path), int(s.rate or 0), int(s.channels or 0), duration)
+        return AudioInfo(path=str(path), sample_rate=int(s.rate or 0), channels=int(s.channels or 0),
+                         duration=duration)
 
 
-def probe_video(path: str | Path, fps: float | None = None, still_fps: float = 25.0,
-                role: str = "video") -> VideoInfo:
-    """Describe a video or still image. VFR sources get a constant rate (see :func:`choose_rate`).
-
-    ``fps`` forces the delivered rate (frames are resampled by their timestamps).
-    """
+def probe_video(path: str | Path, still_fps: float | None = None, role: str = "video") -> VideoInfo:
+    """Describe a video or still image. VFR sources get a constant rate (see :func:`choose_rate`); a
+    still image is delivered at ``still_fps`` (default: the ``still_fps`` option's)."""
     path = str(path)
     is_still = Path(path).suffix.lower() in IMAGE_SUFFIXES
     with _open(path, role) as c:
         if not c.streams.video:
             raise InputError(f"{role} {path}: has no video stream")
         s = c.streams.video[0]
-        has_audio = bool(c.streams.audio)
         is_still = is_still or c.format.name in {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe"}
         pts = [] if is_still else sorted(p.pts for p in c.demux(s) if p.pts is not None)
         nominal = s.base_rate or s.guessed_rate or s.average_rate
         time_base = s.time_base
     if is_still:
         h, w = _first_frame_size(path, role, still=True)
-        rate = Fraction(fps or still_fps).limit_denominator(1001)
-        return VideoInfo(path, w, h, rate, 1, True, False, has_audio)
+        if still_fps is None:
+            from core.options import RunOptions
+
+            still_fps = RunOptions.model_fields["still_fps"].default
+        rate = Fraction(still_fps).limit_denominator(1001)
+        return VideoInfo(path=path, width=w, height=h, fps_num=rate.numerator, fps_den=rate.denominator,
+                         n_frames=1, is_still=True, vfr=False)
     if not pts:
         raise InputError(f"{role} {path}: its video stream has no frames")
     vfr, rate = choose_rate(pts, time_base, nominal)
-    if fps:
-        rate = Fraction(fps).limit_denominator(1001)
-    resampled = vfr or bool(fps)
-    if resampled:
+    if vfr:
         span = float((pts[-1] - pts[0]) * time_base) + float(1 / rate)
         n_frames = max(1, round(span * float(rate)))
     else:
         n_frames = len(pts)
     h, w = _first_frame_size(path, role, still=False)
-    return VideoInfo(path, w, h, rate, n_frames, False, resampled, has_audio)
+    return VideoInfo(path=path, width=w, height=h, fps_num=rate.numerator, fps_den=rate.denominator,
+                     n_frames=n_frames, is_still=False, vfr=vfr)
 
 
 def choose_rate(pts: list[int], time_base: Fraction, nominal: Fraction | None) -> tuple[bool, Fraction]:
@@ -173,9 +202,8 @@ def _first_frame_size(path: str, role: str, still: bool) -> tuple[int, int]:
         if img is None:
             raise InputError(f"{role} {path}: not an image that can be decoded")
         return img.shape[:2]
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", path,
-           "-map", "0:v:0", "-frames:v", "1", "-f", "image2pipe", "-c:v", "png", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
+    first = ffmpeg.input(path)["v:0"].output("pipe:", **{"frames:v": 1, "f": "image2pipe", "c:v": "png"})
+    proc = subprocess.run(ffmpeg_command(first), capture_output=True)
     img = cv2.imdecode(np.frombuffer(proc.stdout, np.uint8), cv2.IMREAD_COLOR) if proc.stdout else None
     if proc.returncode != 0 or img is None:
         tail = proc.stderr.decode(errors="replace").strip()[-300:]
@@ -191,21 +219,25 @@ def read_still(path: str) -> np.ndarray:
     return img
 
 
+def _video_stream(info: VideoInfo):
+    """The first video stream of ``info``'s file at ``info.fps`` (VFR resampled by its timestamps)."""
+    video = ffmpeg.input(info.path)["v:0"]
+    return video.filter("fps", fps=f"{info.fps_num}/{info.fps_den}") if info.vfr else video
+
+
 def iter_frames(info: VideoInfo) -> Iterator[np.ndarray]:
     """Stream the frames of ``info`` as BGR arrays, at ``info.fps`` (resampled by timestamps if VFR)."""
     if info.is_still:
         yield read_still(info.path)
         return
-    args = ["-i", info.path, "-map", "0:v:0"]
-    if info.vfr:
-        args += ["-vf", f"fps={info.fps.numerator}/{info.fps.denominator}"]
+    yield from _read_raw(_video_stream(info), info.width, info.height, info.path)
+
+
+def _read_raw(stream, width: int, height: int, what: str, **output_args) -> Iterator[np.ndarray]:
+    """Decode ``stream`` to raw BGR frames through a pipe."""
     # passthrough: never let the raw muxer drop or duplicate frames behind our back
-    args += ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
-    yield from _read_raw(args, info.width, info.height, info.path)
-
-
-def _read_raw(args: list[str], width: int, height: int, what: str) -> Iterator[np.ndarray]:
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args]
+    cmd = ffmpeg_command(stream.output("pipe:", format="rawvideo", pix_fmt="bgr24", fps_mode="passthrough",
+                                       **output_args))
     frame_bytes = width * height * 3
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes)
     try:
@@ -216,28 +248,26 @@ def _read_raw(args: list[str], width: int, height: int, what: str) -> Iterator[n
             yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
     finally:
         proc.stdout.close()
-        err = proc.stderr.read().decode(errors="replace")
+        err = proc.stderr.read()
         proc.stderr.close()
         code = proc.wait() if proc.poll() is None else proc.returncode
-    if code not in (0, None) and not err.strip().endswith("Broken pipe"):
-        raise RuntimeError(f"ffmpeg failed while decoding {what}: {err.strip()[-500:]}")
+    if code not in (0, None) and not err.decode(errors="replace").strip().endswith("Broken pipe"):
+        raise RuntimeError(f"ffmpeg failed while decoding {what}: {ffmpeg_log(err)}")
 
 
 def read_video_file_frames(path: str | Path, width: int, height: int) -> Iterator[np.ndarray]:
     """Every frame of one of our own intermediate files, in order, exactly as stored."""
-    yield from _read_raw(["-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough",
-                          "-f", "rawvideo", "-pix_fmt", "bgr24", "-"], width, height, str(path))
+    yield from _read_raw(ffmpeg.input(str(path))["v:0"], width, height, str(path))
 
 
 def frame_at(info: VideoInfo, seconds: float) -> np.ndarray:
     """The frame shown at ``seconds`` (a fast seek: no decoding from the start)."""
     if info.is_still:
         return read_still(info.path)
-    args = ["-ss", f"{max(0.0, seconds):.3f}", "-i", info.path, "-map", "0:v:0", "-frames:v", "1"]
+    video = ffmpeg.input(info.path, ss=f"{max(0.0, seconds):.3f}")["v:0"]
     if info.vfr:
-        args += ["-vf", f"fps={info.fps.numerator}/{info.fps.denominator}"]
-    frames = list(_read_raw([*args, "-f", "rawvideo", "-pix_fmt", "bgr24", "-"], info.width, info.height,
-                            info.path))
+        video = video.filter("fps", fps=f"{info.fps_num}/{info.fps_den}")
+    frames = list(_read_raw(video, info.width, info.height, info.path, **{"frames:v": 1}))
     if not frames:
         raise InputError(f"video {info.path}: no frame at {seconds:.2f} s")
     return frames[0]
@@ -266,14 +296,15 @@ class FrameWriter:
         self.tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self.width, self.height, self.count = width, height, 0
         fps = Fraction(fps)
-        args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-                "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
-                "-framerate", f"{fps.numerator}/{fps.denominator}", "-i", "-"]
+        frames = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{width}x{height}",
+                              framerate=f"{fps.numerator}/{fps.denominator}")["v:0"]
+        video, encode = _video_encoding(frames, codec, crf, preset, width, height)
+        streams = [video] if audio is None else [video, ffmpeg.input(str(audio))["a:0"]]
         if audio is not None:
-            args += ["-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", audio_codec]
-        args += video_codec_args(codec, crf, preset, width, height)
-        args += ["-fps_mode", "passthrough", str(self.tmp)]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            encode["c:a"] = audio_codec
+        out = ffmpeg.output(*streams, str(self.tmp), fps_mode="passthrough", **encode)
+        self.proc = subprocess.Popen(ffmpeg_command(out, overwrite=True), stdin=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
 
     def write(self, frame: np.ndarray) -> None:
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
@@ -285,10 +316,10 @@ class FrameWriter:
         self.count += 1
 
     def _fail(self) -> None:
-        err = self.proc.stderr.read().decode(errors="replace")
+        err = self.proc.stderr.read()
         self.proc.wait()
         self.tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"ffmpeg failed while writing {self.path}: {err.strip()[-500:]}")
+        raise RuntimeError(f"ffmpeg failed while writing {self.path}: {ffmpeg_log(err)}")
 
     def close(self) -> Path:
         self.proc.stdin.close()
@@ -317,33 +348,47 @@ class FrameWriter:
             self.abort()
 
 
-def video_codec_args(codec: str, crf: int, preset: str, width: int, height: int) -> list[str]:
+def _video_encoding(video, codec: str, crf: int, preset: str, width: int, height: int) -> tuple:
+    """(stream, encoder options): ``ffv1`` for our lossless intermediates, ``h264`` for the final video."""
     if codec == "ffv1":
         # bgr0 keeps our BGR pixels bit-exact; slices let ffmpeg use both cores
-        return ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slices", "4", "-pix_fmt", "bgr0"]
+        return video, {"c:v": "ffv1", "level": 3, "g": 1, "slices": 4, "pix_fmt": "bgr0"}
     if codec == "h264":
-        pad = [] if width % 2 == 0 and height % 2 == 0 else ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
-        return [*pad, "-c:v", "libx264", "-crf", str(crf), "-preset", preset, "-pix_fmt", "yuv420p",
-                "-movflags", "+faststart"]
+        if width % 2 or height % 2:  # yuv420p needs even sides
+            video = video.filter("pad", "ceil(iw/2)*2", "ceil(ih/2)*2")
+        return video, {"c:v": "libx264", "crf": crf, "preset": preset, "pix_fmt": "yuv420p",
+                       "movflags": "+faststart"}
     raise ValueError(f"unknown codec {codec!r}")
 
 
+def split_segments(video: str | Path, first_frames: list[int], pattern: str | Path) -> None:
+    """Cut ``video``'s first video stream by stream copy into files named by ``pattern``, each starting at
+    one of ``first_frames`` (the first is 0); all-intra input makes every cut frame-exact."""
+    stream = ffmpeg.input(str(video))["v:0"]
+    cuts = ",".join(str(a) for a in first_frames[1:])
+    if cuts:
+        out = stream.output(str(pattern), **{"c:v": "copy", "f": "segment", "reset_timestamps": 1,
+                                             "segment_frames": cuts})
+    else:  # one segment: a plain copy (the segment muxer needs at least one cut)
+        out = stream.output(str(pattern) % 0, **{"c:v": "copy"})
+    run_ffmpeg(out, f"splitting {video} into chunks")
+
+
 # -------------------------------------------------------------------------------------------- audio
-def decode_audio(path: str | Path, sample_rate: int = 16000, role: str = "audio") -> np.ndarray:
+def decode_audio(path: str | Path, sample_rate: int = 16000, role: str = "audio",
+                 channels: int | None = None) -> np.ndarray:
     """Decode the first audio stream of any file ffmpeg reads to mono float32 at ``sample_rate``.
 
     Channels are averaged, as librosa (the reference's loader) does; ffmpeg's own ``-ac 1`` downmix
-    would make stereo 3 dB louder and shift every mel value.
+    would make stereo 3 dB louder and shift every mel value. ``channels``: the probed channel count
+    (probed here when not given).
     """
-    info = probe_audio(path, role)
-    channels = max(1, info.channels)
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
-           "-map", "0:a:0", "-vn", "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(channels),
-           "-ar", str(sample_rate), "-"]
-    proc = subprocess.run(cmd, capture_output=True)
+    channels = max(1, probe_audio(path, role).channels if channels is None else channels)
+    pcm = ffmpeg.input(str(path))["a:0"].output("pipe:", vn=None, f="f32le", acodec="pcm_f32le", ac=channels,
+                                                ar=sample_rate)
+    proc = subprocess.run(ffmpeg_command(pcm), capture_output=True)
     if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace").strip()[-300:]
-        raise InputError(f"{role} {path}: its audio cannot be decoded ({tail})")
+        raise InputError(f"{role} {path}: its audio cannot be decoded ({ffmpeg_log(proc.stderr, 300)})")
     samples = np.frombuffer(proc.stdout, np.float32)
     if samples.size < channels:
         raise InputError(f"{role} {path}: audio stream has zero length")
@@ -355,7 +400,8 @@ def write_audio_track(src: str | Path, dst: str | Path, codec: str = "flac") -> 
     """Copy the first audio stream of ``src`` to ``dst`` re-encoded losslessly (``flac``) or as ``aac``."""
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.stem}.part{dst.suffix}")
-    run_ffmpeg(["-i", str(src), "-map", "0:a:0", "-vn", "-c:a", codec, str(tmp)], f"extracting audio of {src}")
+    run_ffmpeg(ffmpeg.input(str(src))["a:0"].output(str(tmp), vn=None, **{"c:a": codec}),
+               f"extracting audio of {src}")
     os.replace(tmp, dst)
     return dst
 
@@ -365,14 +411,14 @@ def mux(video: str | Path, audio: str | Path, dst: str | Path, audio_codec: str 
     """Copy the video stream of ``video`` and encode the audio of ``audio`` into ``dst`` (atomic)."""
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.stem}.part{dst.suffix}")
-    args = ["-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
-            "-c:a", audio_codec]
+    encode = {"c:v": "copy", "c:a": audio_codec}
     if audio_codec == "aac":
-        args += ["-b:a", audio_bitrate]
+        encode["b:a"] = audio_bitrate
     if dst.suffix.lower() in {".mp4", ".mov", ".m4v"}:
-        args += ["-movflags", "+faststart"]
+        encode["movflags"] = "+faststart"
+    out = ffmpeg.output(ffmpeg.input(str(video))["v:0"], ffmpeg.input(str(audio))["a:0"], str(tmp), **encode)
     try:
-        run_ffmpeg([*args, str(tmp)], f"muxing {dst.name}")
+        run_ffmpeg(out, f"muxing {dst.name}")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -139,6 +139,7 @@ def check_output(url: str, inputs: list[str]) -> None:
     """Fail early when the output would overwrite an input or cannot be written."""
     url = str(url)
     if not is_remote(url):
+        refuse_special_output(url)
         out = Path(_strip_file_scheme(url)).expanduser().resolve()
         for given in inputs:
             if not is_remote(given) and Path(_strip_file_scheme(given)).expanduser().resolve() == out:
@@ -164,6 +165,18 @@ def check_output(url: str, inputs: list[str]) -> None:
             raise StorageAccessError(f"output {redact(url)}: bucket {bucket} does not exist or is not visible")
 
 
+def refuse_special_output(url: str) -> None:
+    """An existing output must be a regular file: a device (``/dev/null``), a FIFO or a symlink (such as
+    ``/dev/stdout``) would otherwise be replaced by our file."""
+    path = Path(_strip_file_scheme(str(url))).expanduser()
+    if path.is_symlink():
+        raise InputError(f"output {url}: is a symbolic link; give the path of a regular file (links are never "
+                         f"replaced)")
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise InputError(f"output {url}: exists and is not a regular file (a device, FIFO or socket); "
+                         f"give the path of a regular file")
+
+
 def publish(local_file: str | Path, url: str) -> str:
     """Move a finished local file to ``url``; the destination never holds a partial file.
 
@@ -172,6 +185,7 @@ def publish(local_file: str | Path, url: str) -> str:
     """
     url = str(url)
     if not is_remote(url):
+        refuse_special_output(url)  # again: the path may have changed since the job was checked
         dest = Path(_strip_file_scheme(url)).expanduser()
         tmp = dest.with_name(f".{dest.name}.part")
         try:

@@ -16,13 +16,15 @@ import json
 import posixpath
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from core.options import RunOptions
 from core.storage import is_remote, open_url, redact, url_to_fs
 
 AUDIO_EXTS = {".wav", ".mp3", ".m4a", ".aac", ".flac"}
@@ -32,7 +34,9 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass
-class Job:
+class BatchJob:
+    """One (audio, video) pair of a batch and how it went."""
+
     name: str
     audio: str | None
     video: str | None
@@ -40,7 +44,6 @@ class Job:
     error: str | None = None
     status: str = "pending"
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _join(prefix: str, rel: str) -> str:
@@ -64,7 +67,7 @@ def _list(prefix: str) -> list[str]:
     return [to_url(p) for p in files]
 
 
-def find_jobs(input_prefix: str, output_prefix: str, manifest: str | None = None) -> list[Job]:
+def find_jobs(input_prefix: str, output_prefix: str, manifest: str | None = None) -> list[BatchJob]:
     """Jobs from a manifest (given, or jobs.json/jobs.csv at the prefix), else by matching names."""
     files = _list(input_prefix)
     base = input_prefix.rstrip("/")
@@ -84,7 +87,7 @@ def find_jobs(input_prefix: str, output_prefix: str, manifest: str | None = None
             groups.setdefault(stem, {"audio": [], "video": []})[kind].append(url)
     jobs = []
     for stem, g in sorted(groups.items()):
-        job = Job(stem, g["audio"][0] if g["audio"] else None, g["video"][0] if g["video"] else None, None)
+        job = BatchJob(stem, g["audio"][0] if g["audio"] else None, g["video"][0] if g["video"] else None, None)
         if len(g["audio"]) != 1 or len(g["video"]) != 1:
             job.error = (f"job {stem}: needs exactly one audio ({'/'.join(sorted(AUDIO_EXTS))}) and one video "
                          f"or image ({'/'.join(sorted(VIDEO_EXTS))}); found {len(g['audio'])} and {len(g['video'])}")
@@ -93,14 +96,14 @@ def find_jobs(input_prefix: str, output_prefix: str, manifest: str | None = None
     return jobs
 
 
-def _assign_output(job: Job, output_prefix: str) -> None:
+def _assign_output(job: BatchJob, output_prefix: str) -> None:
     try:
         job.output = safe_output(output_prefix, job.name)
     except ValueError as exc:
         job.error = job.error or str(exc)
 
 
-def _jobs_from_manifest(manifest: str, base: str, output_prefix: str) -> list[Job]:
+def _jobs_from_manifest(manifest: str, base: str, output_prefix: str) -> list[BatchJob]:
     """Rows of name, audio, video (relative to the input prefix, or full URLs)."""
     with open_url(manifest, "r") as f:
         text = f.read()
@@ -114,7 +117,7 @@ def _jobs_from_manifest(manifest: str, base: str, output_prefix: str) -> list[Jo
         audio, video = row.get("audio"), row.get("video")
         name = row.get("name") or (posixpath.splitext(video)[0] if video else f"job{i}")
         resolve = (lambda p: p if (p is None or "://" in p or p.startswith("/")) else _join(base, p))
-        job = Job(name, resolve(audio), resolve(video), None)
+        job = BatchJob(name, resolve(audio), resolve(video), None)
         if not audio or not video:
             job.error = f"manifest {redact(manifest)} row {i + 1}: needs audio and video"
         _assign_output(job, output_prefix)
@@ -135,13 +138,13 @@ def content_id(url: str) -> str:
     return "sha256:" + content_sha256(url)
 
 
-def fingerprint(job: Job, options: dict) -> str:
+def fingerprint(job: BatchJob, options: dict) -> str:
     blob = json.dumps({"audio": content_id(job.audio), "video": content_id(job.video), "options": options},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def already_done(job: Job, fp: str) -> bool:
+def already_done(job: BatchJob, fp: str) -> bool:
     fs, path = url_to_fs(job.output)
     try:
         with fs.open(path + ".json", "r") as f:
@@ -151,8 +154,8 @@ def already_done(job: Job, fp: str) -> bool:
     return record.get("fingerprint") == fp and fs.exists(path)
 
 
-@task(name="run_job", task_run_name="job-{job.name}", retries=0)
-def run_job(job: Job, options: dict, dask_address: str | None) -> Job:
+@task(name="run_job", task_run_name="job-{job.name}", retries=0, cache_policy=NO_CACHE, persist_result=False)
+def run_job(job: BatchJob, options: dict, dask_address: str | None) -> BatchJob:
     """One pair through the ``lipsync_hq`` subflow; failures are recorded, never raised."""
     from flows.lipsync_hq import lipsync_hq
 
@@ -202,6 +205,7 @@ def batch(
     from flows.runners import local_cluster, plan_local_cluster
 
     options = dict(options or {})
+    RunOptions(**{k: v for k, v in options.items() if k != "dask_address"})  # every job's options, checked once
     jobs = find_jobs(input_prefix, output_prefix, manifest)
     print(f"{len(jobs)} jobs under {redact(input_prefix)}")
     cluster = None
@@ -223,10 +227,10 @@ def batch(
             cluster.close()
     summary = {s: sum(j.status == s for j in done) for s in ("done", "skipped", "failed")}
     result = {"input_prefix": redact(input_prefix), "output_prefix": redact(output_prefix), **summary,
-              "jobs": [{k: v for k, v in asdict(j).items() if k != "extra"} for j in done]}
+              "jobs": [asdict(j) for j in done]}
     fs, path = url_to_fs(_join(output_prefix, REPORT_NAME))
     fs.pipe_file(path, json.dumps(result, indent=1).encode())
-    report._safe(_table, result)
+    report.quietly(_table, result)
     print(f"batch: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed")
     return result
 

@@ -1,27 +1,30 @@
 """The ``lipsync_hq`` flow: one audio + one video (or portrait) -> one high-quality lip-synced video.
 
-It reads like the diagram: probe -> lipsync -> (split_video -> enhance_chunk x N -> combine_frames,
-extract_audio) -> final_mux. The single-stream stages run in the flow's process (all its cores, or
-its GPU); enhancement is mapped over chunks on a Dask cluster (see flows/runners.py).
+It reads like the diagram: probe -> detect_faces -> lipsync -> (split_video -> enhance_chunk x N ->
+combine_frames, extract_audio) -> final_mux. The single-stream stages run in the flow's process (all
+its cores, or its GPU); enhancement is mapped over chunks on a Dask cluster (see flows/runners.py).
+Its parameters are defined once, in core/options.py.
 """
 from __future__ import annotations
 
 import os
-from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.futures import as_completed
-from pydantic import Field
 
+from core.options import RunOptions, flow_parameters
+from core.products import Chunk, Product, SyncedVideo
 from flows import report
 from flows.runners import enhancement_runner
-
-from tasks.audio import extract_audio_task
-from tasks.combine import combine_frames_task, final_mux_task
-from tasks.enhance import EnhanceOptions, enhance_task, is_finished
-from tasks.lipsync import LipsyncOptions, detect_faces_task, lipsync_task
+from tasks import enhance_chunk
+from tasks.combine_frames import combine_frames_task
+from tasks.detect_faces import detect_faces_task
+from tasks.enhance_chunk import enhance_chunk_task
+from tasks.extract_audio import extract_audio_task
+from tasks.final_mux import final_mux_task
+from tasks.lipsync import lipsync_task
 from tasks.probe import probe_task
-from tasks.split import split_task
+from tasks.split_video import split_video_task
 
 
 def default_work_root() -> str:
@@ -35,97 +38,38 @@ def default_work_root() -> str:
 
 
 @flow(name="wav2lip-hq", log_prints=True)
-def lipsync_hq(
-    audio: str,
-    video: str,
-    output: str,
-    checkpoint: Literal["wav2lip_gan.pth", "wav2lip.pth"] = "wav2lip_gan.pth",
-    gfpgan_version: Literal["1.4", "1.3"] = "1.4",
-    blend: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0,
-    upscale: Literal[1, 2] = 1,
-    enhance: bool = True,
-    still_fps: Annotated[float, Field(gt=0, le=120)] = 25.0,
-    on_no_face: Literal["pass", "fail"] = "pass",
-    pads: tuple[int, int, int, int] = (0, 10, 0, 0),
-    smooth: bool = True,
-    detector: Literal["centerface", "s3fd"] = "centerface",
-    crf: Annotated[int, Field(ge=0, le=51)] = 18,
-    preset: Literal["ultrafast", "veryfast", "fast", "medium", "slow"] = "medium",
-    chunk_frames: Annotated[int, Field(ge=1)] = 50,
-    batch_size: Annotated[int, Field(ge=0, le=512)] = 0,
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
-    device: str = "auto",
-    work_dir: str | None = None,
-    refresh: bool = False,
-    dask_address: str | None = None,
-    dask_workers: Annotated[int | None, Field(ge=0)] = None,
-) -> str:
+@flow_parameters
+def lipsync_hq(audio: str, video: str, output: str, **options) -> str:
     """Lip-sync a talking-face video (or portrait) to speech with Wav2Lip, restore the faces with
-    GFPGAN, and write the result.
+    GFPGAN, and write the result."""
+    opts = RunOptions(**options)
+    work, refresh = opts.work_dir or default_work_root(), opts.refresh
 
-    Args:
-        audio: Speech to lip-sync to: a path or URL (wav, mp3, m4a, aac, flac, or a video whose audio
-            track is used).
-        video: Talking-face video, or a still portrait image (jpg/png): a path or URL.
-        output: Where the final video is written (path or URL, e.g. s3://bucket/out.mp4); it appears
-            only when complete.
-        checkpoint: Wav2Lip weights: wav2lip_gan.pth (sharper, GAN-trained) or wav2lip.pth (sync
-            expert only).
-        gfpgan_version: Face restorer weights: GFPGAN v1.4 (default) or v1.3.
-        blend: Restoration strength: 1 = restored face only, 0 = the lip-synced face unchanged.
-        upscale: Output size factor (1 or 2); the background is upscaled with Lanczos.
-        enhance: Run GFPGAN on the faces; off gives the plain Wav2Lip result, re-encoded.
-        still_fps: Frames per second when the video is a single image.
-        on_no_face: Frames without a face: pass keeps them unchanged, fail stops with an error naming
-            the first one.
-        pads: Pixels added to the detected face box: top, bottom, left, right (bottom 10 keeps the chin).
-        smooth: Average face boxes over 5 frames (a steadier mouth region).
-        detector: Face detector: centerface (ships with the package) or s3fd (the reference's; needs
-            s3fd-619a316812.pth).
-        crf: H.264 quality of the final encode, 0-51: lower is better and bigger; 18 looks lossless.
-        preset: H.264 encoder speed/size trade-off.
-        chunk_frames: Frames per enhancement chunk; chunks run in parallel on the Dask workers.
-        batch_size: Frames per Wav2Lip generator call; 0 = automatic (16 on CPU, 128 on CUDA).
-        precision: auto (bf16 on CPUs with bf16 instructions, fp16 on CUDA, else fp32), fp32 (exact),
-            or bf16 / fp16 autocast; restored faces stay within 4/255 of fp32 (99.9% of pixels within 2).
-        device: auto (CUDA when present), cpu, cuda, cuda:1, ...
-        work_dir: Where stage outputs are kept for reuse: a path or URL such as s3://bucket/work
-            (default: $WAV2LIP_HQ_WORK_DIR or the user cache).
-        refresh: Recompute every stage even when its output is already in the work area.
-        dask_address: tcp://host:8786 of an existing Dask scheduler (default: $WAV2LIP_HQ_DASK_ADDRESS,
-            else a local cluster sized to the machine).
-        dask_workers: Workers of the local Dask cluster (default: one per core or GPU; 0: no Dask).
-    """
-    work = work_dir or default_work_root()
-    lip_opts = LipsyncOptions(checkpoint=checkpoint, still_fps=still_fps, pads=tuple(pads), smooth=smooth,
-                              on_no_face=on_no_face, batch_size=batch_size, detector=detector,
-                              precision=precision, device=device)
-    enh_opts = EnhanceOptions(gfpgan_version=gfpgan_version, blend=blend, upscale=upscale,
-                              precision=precision, device=device)
-
-    job = probe_task(audio, video, output, still_fps)
-    faces = detect_faces_task(job, lip_opts, work, refresh)
-    synced = lipsync_task(job, faces, lip_opts, work, refresh)
-    chunks = split_task(synced, chunk_frames, work, refresh)
-    track = extract_audio_task(synced, work, refresh)
-    stages = {"detect_faces": faces, "lipsync": synced, "split_video": chunks, "extract_audio": track}
-    if enhance:
-        chunks = enhance_chunks(chunks, synced, enh_opts, work, refresh, dask_address, dask_workers)
-        stages["enhance_chunk"] = chunks
-    silent = combine_frames_task(chunks, synced, upscale if enhance else 1, crf, preset, work, refresh)
-    final = final_mux_task(silent, track, output, work, refresh)
+    job = probe_task(audio, video, output, opts)
+    detections = detect_faces_task(job, opts, work, refresh)
+    synced = lipsync_task(job, detections, opts, work, refresh)
+    chunks = split_video_task(synced, opts, work, refresh)
+    audio_track = extract_audio_task(synced, work, refresh)
+    stages: dict[str, Product | list[Product]] = {"detect_faces": detections, "lipsync": synced,
+                                                  "split_video": chunks, "extract_audio": audio_track}
+    frames = list(chunks.chunks)
+    if opts.enhance:
+        frames = enhance_chunks(frames, synced, opts, work)
+        stages["enhance_chunk"] = frames
+    silent = combine_frames_task(frames, synced, opts, work, refresh)
+    final = final_mux_task(silent, audio_track, job, work, refresh)
     stages.update(combine_frames=silent, final_mux=final)
 
     report.stage_table(stages)
-    report.output_link(final["output"])
-    frames = report._safe(report.middle_frames, video, final["video"])
-    if frames:
-        report.before_after(frames[0], frames[1], f"frame at {frames[2]:.2f} s")
-    return final["output"]
+    report.output_link(final.output)
+    frames_shown = report.quietly(report.middle_frames, video, final.video)
+    if frames_shown:
+        before, after, t = frames_shown
+        report.before_after(before, after, f"frame at {t:.2f} s")
+    return final.output
 
 
-def enhance_chunks(chunks: list[dict], synced: dict, opts: EnhanceOptions, work: str, refresh: bool,
-                   dask_address: str | None, dask_workers: int | None) -> list[dict]:
+def enhance_chunks(chunks: list[Chunk], synced: SyncedVideo, opts: RunOptions, work: str) -> list[Chunk]:
     """Map enhancement over the chunks; the progress artifact moves as they finish.
 
     Chunks already finished in the work area resolve here at once; only the others go to the
@@ -134,22 +78,22 @@ def enhance_chunks(chunks: list[dict], synced: dict, opts: EnhanceOptions, work:
     import dask
 
     progress = report.EnhanceProgress(len(chunks))
-    results: dict[int, dict] = {}
+    results: dict[int, Chunk] = {}
     pending = []
     for c in chunks:
-        if not refresh and is_finished(c, opts, work):
-            results[c["index"]] = enhance_task(c, synced, opts, work, refresh)
+        if not opts.refresh and enhance_chunk.STAGE.finished(work, chunk=c, opts=opts) is not None:
+            results[c.index] = enhance_chunk_task(c, synced, opts, work)
             progress.step()
         else:
             pending.append(c)
     if pending:
-        runner, needs_gpu = enhancement_runner(dask_address, dask_workers)
+        runner, needs_gpu = enhancement_runner(opts.dask_address, opts.dask_workers)
         with runner:
             with dask.annotate(**({"resources": {"GPU": 1}} if needs_gpu else {})):
-                futures = {runner.submit(enhance_task, {"chunk": c, "synced": synced, "opts": opts,
-                                                        "work_root": work, "refresh": refresh}): c["index"]
+                futures = {runner.submit(enhance_chunk_task, {"chunk": c, "synced": synced, "opts": opts,
+                                                              "work_root": work, "refresh": opts.refresh}): c.index
                            for c in pending}
             for future in as_completed(list(futures)):
                 results[futures[future]] = future.result()
                 progress.step()
-    return [results[c["index"]] for c in chunks]
+    return [results[c.index] for c in chunks]

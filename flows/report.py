@@ -6,10 +6,11 @@ import base64
 import cv2
 import numpy as np
 
+from core.products import Product
 from core.progress import get_logger
 
 
-def _safe(fn, *args, **kwargs):
+def quietly(fn, *args, **kwargs):
     """Artifacts are a view of the run, never a reason for it to fail."""
     try:
         return fn(*args, **kwargs)
@@ -25,7 +26,7 @@ class EnhanceProgress:
         from prefect.artifacts import create_progress_artifact
 
         self.total, self.done = max(1, total), 0
-        self.id = _safe(create_progress_artifact, progress=0.0, key="enhancement-progress",
+        self.id = quietly(create_progress_artifact, progress=0.0, key="enhancement-progress",
                         description=f"GFPGAN enhancement: chunks done of {total}")
 
     def step(self) -> None:
@@ -33,10 +34,10 @@ class EnhanceProgress:
 
         self.done += 1
         if self.id is not None:
-            _safe(update_progress_artifact, artifact_id=self.id, progress=100.0 * self.done / self.total)
+            quietly(update_progress_artifact, artifact_id=self.id, progress=100.0 * self.done / self.total)
 
 
-def stage_table(stages: dict[str, dict | list[dict]]) -> None:
+def stage_table(stages: dict[str, Product | list[Product]]) -> None:
     """A table artifact: each stage's time, output size, and whether it was reused from the work area."""
     from prefect.artifacts import create_table_artifact
 
@@ -45,18 +46,18 @@ def stage_table(stages: dict[str, dict | list[dict]]) -> None:
         items = result if isinstance(result, list) else [result]
         rows.append({
             "stage": name,
-            "seconds": round(sum(float(r.get("seconds", 0.0)) for r in items if not r.get("reused")), 2),
-            "MB": round(sum(int(r.get("bytes", 0)) for r in items) / 1e6, 2),
-            "reused": f"{sum(bool(r.get('reused')) for r in items)}/{len(items)}",
+            "seconds": round(sum(r.seconds for r in items if not r.reused), 2),
+            "MB": round(sum(r.bytes for r in items) / 1e6, 2),
+            "reused": f"{sum(r.reused for r in items)}/{len(items)}",
         })
-    _safe(create_table_artifact, table=rows, key="stage-timings",
+    quietly(create_table_artifact, table=rows, key="stage-timings",
           description="Stage times (this run's work only), output sizes, outputs reused from the work area")
 
 
 def output_link(url: str) -> None:
     from prefect.artifacts import create_link_artifact
 
-    _safe(create_link_artifact, link=url if "://" in url else f"file://{url}", link_text=url,
+    quietly(create_link_artifact, link=url if "://" in url else f"file://{url}", link_text=url,
           key="output", description="The lip-synced, enhanced video")
 
 
@@ -73,7 +74,7 @@ def before_after(before: np.ndarray, after: np.ndarray, caption: str) -> None:
 
     md = (f"| before | after |\n|---|---|\n| ![before]({_thumb(before)}) | ![after]({_thumb(after)}) |\n\n"
           f"{caption}")
-    _safe(create_markdown_artifact, markdown=md, key="before-after", description="One frame, before and after")
+    quietly(create_markdown_artifact, markdown=md, key="before-after", description="One frame, before and after")
 
 
 def middle_frames(video_url: str, output_path: str) -> tuple[np.ndarray, np.ndarray, float]:

@@ -20,7 +20,7 @@ REF_LEVEL_DB = 20.0
 MIN_LEVEL_DB = -100.0
 MAX_ABS = 4.0
 MEL_FPS = SAMPLE_RATE / HOP  # 80 mel frames per second
-MEL_STEP = 16
+MEL_STEP = 16  # mel frames per video frame: the generator hears an 80 x 16 window
 
 
 def load_audio(path_or_url: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

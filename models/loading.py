@@ -44,10 +44,9 @@ def _pin_threads() -> None:
 
 
 def get_model(kind: str, weight_name: str, device: str | torch.device | None = None
-              ) -> tuple[torch.nn.Module, str, torch.device]:
-    """(model, weights SHA-256, device) for an official weight file in the models directory."""
+              ) -> tuple[torch.nn.Module, torch.device]:
+    """(model, device) for an official weight file in the models directory (cached per content)."""
     _pin_threads()
     path = require(weight_name)
     dev = resolve_device(device)
-    digest = sha256_file(path)
-    return _load(kind, str(path), digest, str(dev)), digest, dev
+    return _load(kind, str(path), sha256_file(path), str(dev)), dev

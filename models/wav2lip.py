@@ -13,8 +13,6 @@ from torch import nn
 from models.checkpoint import load_strict, pick_state_dict, read_checkpoint, strip_prefix
 
 FACE_SIZE = 96
-MEL_STEP = 16  # mel frames per video frame window
-MEL_BINS = 80
 
 
 class Conv(nn.Module):

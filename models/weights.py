@@ -94,8 +94,18 @@ def require(name: str) -> Path:
     return path
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file; remembered next to the file while its size and mtime do not change."""
+def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read now."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file for cache keys; remembered next to the file while its size and mtime do not
+    change. Never a verification: :func:`verify` hashes the bytes themselves."""
     path = Path(path)
     st = path.stat()
     sidecar = path.with_name(f".{path.name}.sha256.json")
@@ -106,11 +116,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
             return saved["sha256"]
     except (OSError, ValueError, KeyError):
         pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = hash_file(path)
     try:
         sidecar.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
     except OSError:
@@ -127,7 +133,7 @@ def verify(name: str) -> tuple[bool, str]:
     size = path.stat().st_size
     if w.size is not None and size != w.size:
         return False, f"{name}: size {size} bytes, expected {w.size}"
-    digest = sha256_file(path)
+    digest = hash_file(path)  # not the remembered digest: a forged record must not make a bad file pass
     if w.sha256 and digest != w.sha256:
         return False, f"{name}: SHA-256 {digest} does not match the published {w.sha256}"
     return True, f"{name}: ok ({digest[:12]}…, {size} bytes)"

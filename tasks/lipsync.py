@@ -1,112 +1,64 @@
-"""Stage 1: audio + video -> low-quality synced video (lossless FFV1 + FLAC) and the face track."""
+"""The lipsync stage: audio + video + face detections -> Wav2Lip's synced video (lossless FFV1 + FLAC)
+and the face track it used (the enhancer aligns faces on it)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from core.media import FrameWriter, VideoInfo, decode_audio, iter_frames, probe_audio, probe_video, read_still
-from core.prefect_task import stage_task
+from core.media import AudioInfo, FrameWriter, VideoInfo, decode_audio, iter_frames, read_still
+from core.options import RunOptions
+from core.products import FaceDetections, Job, SyncedVideo
 from core.progress import Progress, get_logger
+from core.stage import Stage
 from core.storage import local_copy
-from core.workarea import WorkArea, run_stage
-from models.batching import split_on_oom
 from models.audio import frame_count, mel_windows, melspectrogram
-from models.precision import PRECISIONS, autocast, resolve_precision
+from models.batching import split_on_oom
+from models.face_track import Detections, FaceTrack, build_track
+from models.precision import autocast, resolve_precision
 from models.wav2lip import FACE_SIZE
-from tasks.faces import Detections, FaceTrack, build_track, detect_faces
 
 
-@dataclass(frozen=True)
-class LipsyncOptions:
-    checkpoint: str = "wav2lip_gan.pth"
-    still_fps: float = 25.0
-    pads: tuple[int, int, int, int] = (0, 10, 0, 0)
-    smooth: bool = True
-    on_no_face: str = "pass"          # "pass": frame unchanged; "fail": abort
-    batch_size: int = 0               # 0: 16 on CPU (measured fastest: 26 ms/frame bf16 vs 40 at 128), 128 on CUDA
-    detector: str = "centerface"
-    detect_max_side: int = 320       # detection input size, doubled for small faces
-    precision: str = "auto"          # see models.precision
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 0:
-            raise ValueError("batch_size must be 0 (automatic) or more")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
-
-
-@dataclass(frozen=True)
-class SyncedVideo:
-    """The stage's product: where it is and what the later stages need to know."""
-
-    video: str
-    faces: str
-    fps_num: int
-    fps_den: int
-    n_frames: int       # output frames (cover the audio)
-    n_source: int       # frames of the input video (output frame i shows source frame i % n_source)
-    width: int
-    height: int
-
-    @property
-    def fps(self) -> float:
-        return self.fps_num / self.fps_den
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def lipsync(audio: str, video: str, out_dir: str | Path, opts: LipsyncOptions = LipsyncOptions(),
-            detections: str | Path | None = None) -> SyncedVideo:
-    """Run Wav2Lip over ``video`` driven by ``audio``; write ``synced.mkv`` and ``faces.npz`` in ``out_dir``.
-
-    ``detections``: the video's saved :class:`Detections` (from :func:`detect_faces`); detected here
-    when not given.
-    """
+def lipsync(audio: AudioInfo, video: VideoInfo, detections: str | Path, out_dir: str | Path,
+            opts: RunOptions = RunOptions()) -> SyncedVideo:
+    """Run Wav2Lip over ``video`` driven by ``audio`` (both probed, at local paths) on the faces of
+    ``detections`` (a saved :class:`Detections`); write ``synced.mkv`` and ``faces.npz`` in ``out_dir``."""
     from models.loading import get_model
 
     log = get_logger()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = probe_video(video, still_fps=opts.still_fps)
-    probe_audio(audio)
-    if info.vfr:
+    if video.vfr:
         log.info("video %s has a variable frame rate: resampled to a constant %.3f fps by its timestamps",
-                 video, float(info.fps))
-    wav = decode_audio(audio)
+                 video.path, float(video.fps))
+    wav = decode_audio(audio.path, channels=audio.channels)
     mel = melspectrogram(wav)
-    n_out = frame_count(len(wav), info.fps)
-    windows = mel_windows(mel, n_out, info.fps)
-    model, _, device = get_model("wav2lip", opts.checkpoint, opts.device)
+    n_out = frame_count(len(wav), video.fps)
+    windows = mel_windows(mel, n_out, video.fps)
+    model, device = get_model("wav2lip", opts.checkpoint, opts.device)
     batch_size = opts.batch_size or (128 if device.type == "cuda" else 16)
 
-    if detections is None:
-        dets = detect_faces(info, opts.detector, opts.detect_max_side, opts.device)
-    else:
-        dets = Detections.load(detections)
-        if dets.n_frames != info.n_frames:
-            raise RuntimeError(f"face detections of {video} cover {dets.n_frames} frames, the video has "
-                               f"{info.n_frames}: stale detections")
-    track = build_track(dets, info, opts.pads, opts.smooth, opts.on_no_face)
+    dets = Detections.load(detections)
+    if dets.n_frames != video.n_frames:
+        raise RuntimeError(f"face detections of {video.path} cover {dets.n_frames} frames, the video has "
+                           f"{video.n_frames}: stale detections")
+    track = build_track(dets, video, pads=opts.pads, smooth=opts.smooth, on_no_face=opts.on_no_face)
     n_src = track.n_frames
     if not track.present.any():
-        log.warning("video %s: no face found in any frame; the output shows it unchanged", video)
+        log.warning("video %s: no face found in any frame; the output shows it unchanged", video.path)
     log.info("lip-sync: %d source frames -> %d output frames at %.3f fps (%s, %s)", n_src, n_out,
-             float(info.fps), device, resolve_precision(opts.precision, device))
+             float(video.fps), device, resolve_precision(opts.precision, device))
 
     faces_path = track.save(out_dir / "faces.npz")
     progress = Progress("lip-sync", n_out)
     out_path = out_dir / "synced.mkv"
-    with FrameWriter(out_path, info.width, info.height, info.fps, codec="ffv1", audio=audio,
+    with FrameWriter(out_path, video.width, video.height, video.fps, codec="ffv1", audio=audio.path,
                      audio_codec="flac") as writer:
         batch: list[tuple[np.ndarray, int]] = []
-        for i, frame in enumerate(_looped_frames(info, n_src, n_out)):
+        for i, frame in enumerate(_looped_frames(video, n_src, n_out)):
             batch.append((frame, i))
             if len(batch) == batch_size:
                 _sync_batch(model, device, batch, track, windows, n_src, writer, opts.precision)
@@ -117,8 +69,8 @@ def lipsync(audio: str, video: str, out_dir: str | Path, opts: LipsyncOptions = 
             progress.update(len(batch))
     if writer.count != n_out:
         raise RuntimeError(f"lip-sync wrote {writer.count} frames, expected {n_out}")
-    return SyncedVideo(str(out_path), str(faces_path), info.fps.numerator, info.fps.denominator, n_out,
-                       n_src, info.width, info.height)
+    return SyncedVideo(video=str(out_path), face_track=str(faces_path), fps_num=video.fps_num,
+                       fps_den=video.fps_den, n_frames=n_out, n_source=n_src, width=video.width, height=video.height)
 
 
 def _looped_frames(info: VideoInfo, n_src: int, n_out: int) -> Iterator[np.ndarray]:
@@ -174,52 +126,31 @@ def _sync_batch(model, device, batch, track: FaceTrack, windows: np.ndarray, n_s
         writer.write(f)
 
 
-VERSION = "1"
-DETECT_VERSION = "1"
+# what the synced frames depend on among the options (the rest belong to other stages)
+KEY_OPTIONS = ("checkpoint", "still_fps", "pads", "smooth", "on_no_face", "batch_size", "detector", "precision",
+               "device")
 
 
-def _detect_parts(job: dict, opts: LipsyncOptions, **_) -> dict:
-    """What detection depends on: the video's content and the detector settings, not the audio."""
+def _key_inputs(job: Job, detections: FaceDetections, opts: RunOptions) -> dict:
     from models.checkpoint import resolve_device
-    from models.weights import require, sha256_file
-
-    parts = {"video": job["video_sha256"], "detector": opts.detector, "max_side": opts.detect_max_side}
-    if opts.detector == "s3fd":
-        parts["weights"] = sha256_file(require("s3fd-619a316812.pth"))
-        parts["device"] = resolve_device(opts.device).type
-    return parts
-
-
-@stage_task("detect_faces", stage="faces", version=DETECT_VERSION, parts=_detect_parts)
-def detect_faces_task(job: dict, opts: LipsyncOptions, work_root: str, refresh: bool = False) -> dict:
-    """Face detection over the video, keyed by the video's content: reused whatever the audio."""
-    def produce(out_dir: Path) -> dict:
-        with local_copy(job["video"], "video") as v:
-            info = probe_video(v, still_fps=opts.still_fps)
-            dets = detect_faces(info, opts.detector, opts.detect_max_side, opts.device)
-        return {"detections": str(dets.save(out_dir / "detections.npz")), "n_frames": dets.n_frames,
-                "faces": int(len(dets.frame))}
-
-    return run_stage(WorkArea(work_root), "faces", DETECT_VERSION, _detect_parts(job, opts), produce, refresh)
-
-
-def _parts(job: dict, dets: dict, opts: LipsyncOptions, **_) -> dict:
-    from models.checkpoint import resolve_device
-    from models.precision import resolve_precision
     from models.weights import require, sha256_file
 
     device = resolve_device(opts.device)
-    return {"audio": job["audio_sha256"], "video": job["video_sha256"], "detections": dets["key"],
-            "opts": asdict(opts), "weights": sha256_file(require(opts.checkpoint)), "device": device.type,
-            "precision": resolve_precision(opts.precision, device)}
+    return {"audio": job.audio_sha256, "video": job.video_sha256, "detections": detections.key,
+            "opts": opts.model_dump(include=set(KEY_OPTIONS)), "weights": sha256_file(require(opts.checkpoint)),
+            "device": device.type, "precision": resolve_precision(opts.precision, device)}
 
 
-@stage_task("lipsync", stage="lipsync", version=VERSION, parts=_parts)
-def lipsync_task(job: dict, dets: dict, opts: LipsyncOptions, work_root: str, refresh: bool = False) -> dict:
-    """Lip-sync stage, content-keyed: reused when audio, video, options and weights are unchanged."""
-    def produce(out_dir: Path) -> dict:
-        with local_copy(job["audio"], "audio") as a, local_copy(job["video"], "video") as v, \
-                local_copy(dets["detections"], "face detections") as d:
-            return lipsync(a, v, out_dir, opts, detections=d).to_dict()
+STAGE = Stage("lipsync", version="1", product=SyncedVideo, key_inputs=_key_inputs)
 
-    return run_stage(WorkArea(work_root), "lipsync", VERSION, _parts(job, dets, opts), produce, refresh)
+
+@STAGE.task
+def lipsync_task(job: Job, detections: FaceDetections, opts: RunOptions, work_root: str,
+                 refresh: bool = False) -> SyncedVideo:
+    """Reused when audio, video, detections, options and weights are unchanged."""
+    def produce(out_dir: Path) -> SyncedVideo:
+        with local_copy(job.audio, "audio") as a, local_copy(job.video, "video") as v, \
+                local_copy(detections.detections, "face detections") as d:
+            return lipsync(job.audio_info.model_copy(update={"path": a}), job.video_info.at(v), d, out_dir, opts)
+
+    return STAGE.run(work_root, produce, refresh, job=job, detections=detections, opts=opts)

@@ -121,7 +121,7 @@ def test_on_demand_deployment_with_its_defaults(server, deployed, models_dir, s3
     states = [fr["state"]["type"] for fr in _runs_of(server, deployed["on-demand"])]
     assert states == ["COMPLETED"], states
     assert s3.exists("dep-out/result.mp4") and s3.info("dep-out/result.mp4")["size"] > 1000
-    assert s3.glob("dep-work/w/enhance/*/manifest.json")  # the S3 work area from the worker's setting
+    assert s3.glob("dep-work/w/enhance_chunk/*/manifest.json")  # the S3 work area from the worker's setting
     # the run's artifacts: timings table, output link, before/after picture, progress
     arts = httpx.post(f"{server['api']}/artifacts/filter", json={}).json()
     keys = {a["key"] for a in arts}

@@ -19,7 +19,8 @@ from models.face_detection import (
     smooth_centered,
     smooth_forward,
 )
-from tasks.faces import FaceTrack, track_faces
+from models.face_track import Detections, FaceTrack, build_track
+from tasks.detect_faces import detect_faces
 from tests.media_fixtures import astronaut_bgr, centerface, media_file, requires_media, write_video  # noqa: F401
 
 
@@ -297,6 +298,15 @@ def test_smooth_centered_within_runs():
 
 # ------------------------------------------------------------------------------------ track_faces
 FPS = 10
+
+
+def track_faces(info, **options) -> FaceTrack:
+    """Detection, then the track, as the detect_faces and lipsync stages do them."""
+    from core.options import RunOptions
+
+    opts = RunOptions(**options)
+    return build_track(detect_faces(info, opts.detector), info, pads=opts.pads, smooth=opts.smooth,
+                       on_no_face=opts.on_no_face)
 BLACK = 6
 
 
@@ -365,7 +375,7 @@ def test_track_faces_fail_names_the_time(astronaut_video):
 def test_track_faces_unknown_detector(astronaut_video):
     path, _ = astronaut_video
     with pytest.raises(ValueError, match="unknown detector"):
-        track_faces(probe_video(path), detector="nope")
+        detect_faces(probe_video(path), "nope")
 
 
 def test_face_track_save_load_and_faces_at(tmp_path):
@@ -412,18 +422,17 @@ def test_face_track_roundtrip_of_real_track(tmp_path, astronaut_video):
 
 def test_saved_detections_give_the_same_track(tmp_path, astronaut_video):
     """The cached detections (the detect_faces stage's file) rebuild exactly the track detected live."""
-    from tasks.faces import Detections, build_track, detect_faces
-
     path, frames = astronaut_video
     info = probe_video(path)
-    dets = detect_faces(info)
+    dets = detect_faces(info, "centerface")
     assert dets.n_frames == len(frames) and dets.faces_in(BLACK) == []
     assert np.isnan(dets.ref_boxes).all()          # no reference detector asked for
     back = Detections.load(dets.save(tmp_path / "detections.npz"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["detections.npz"]
     for pads in [(0, 10, 0, 0), (5, 20, 3, 3)]:
-        live, cached = track_faces(info, pads=pads), build_track(back, info, pads=pads)
+        live = track_faces(info, pads=pads)
+        cached = build_track(back, info, pads=pads, smooth=True, on_no_face="pass")
         for name in ("present", "boxes", "landmarks", "others"):
             np.testing.assert_array_equal(getattr(live, name), getattr(cached, name), err_msg=name)
     with pytest.raises(NoFaceError, match=f"frame {BLACK}"):
-        build_track(back, info, on_no_face="fail")
+        build_track(back, info, pads=(0, 10, 0, 0), smooth=True, on_no_face="fail")

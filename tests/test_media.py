@@ -9,7 +9,7 @@ import pytest
 from core.errors import InputError
 from core.media import (FrameWriter, choose_rate, count_frames, decode_audio, iter_frames, probe_audio,
                         probe_video, read_video_file_frames)
-from tasks.split import chunk_bounds, split_video
+from tasks.split_video import chunk_bounds, split_video
 from tests.conftest import SHARED_MEDIA, ffmpeg, needs_media
 
 

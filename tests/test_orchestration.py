@@ -12,6 +12,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
+import torch
 from fsspec.implementations.memory import MemoryFileSystem
 
 from core.errors import InputError
@@ -30,22 +31,37 @@ def tiny(media_dir) -> dict:
 
 
 # ---------------------------------------------------------------------------------- cache keys
-def test_cache_key_follows_content_parameters_and_weights(models_dir, tiny, tmp_path):
-    from tasks.lipsync import LipsyncOptions, _detect_parts, _parts
-    from tasks.probe import probe_job
-    from core.workarea import stage_key
+def _detect_key(audio: str, video: str, opts, out: str) -> str:
+    from tasks import detect_faces
+    from tasks.probe import probe
 
-    def key(audio, video, opts=LipsyncOptions()):
-        job = probe_job(audio, video, str(tmp_path / "o.mp4"))
-        dets = {"key": stage_key("faces", "1", **_detect_parts(job, opts))}
-        return stage_key("lipsync", "1", **_parts(job, dets, opts))
+    return detect_faces.STAGE.key(job=probe(audio, video, out, opts), opts=opts)
+
+
+def _lipsync_key(audio: str, video: str, opts, out: str) -> str:
+    """The lipsync key of a job, as the stages declare it."""
+    from core.products import FaceDetections
+    from tasks import lipsync
+    from tasks.probe import probe
+
+    dets = FaceDetections(key=_detect_key(audio, video, opts, out), detections="", n_frames=0, faces=0)
+    return lipsync.STAGE.key(job=probe(audio, video, out, opts), detections=dets, opts=opts)
+
+
+def test_cache_key_follows_content_parameters_and_weights(models_dir, tiny, tmp_path):
+    from core.options import RunOptions
+
+    def key(audio, video, opts=RunOptions()):
+        return _lipsync_key(audio, video, opts, str(tmp_path / "o.mp4"))
 
     base = key(tiny["audio"], tiny["video"])
     moved = tmp_path / "elsewhere" / "renamed.mp4"
     moved.parent.mkdir()
     shutil.copyfile(tiny["video"], moved)
     assert key(tiny["audio"], str(moved)) == base                      # only the path changed
-    assert key(tiny["audio"], tiny["video"], LipsyncOptions(pads=(0, 20, 0, 0))) != base  # a parameter
+    assert key(tiny["audio"], tiny["video"], RunOptions(pads=(0, 20, 0, 0))) != base  # a parameter
+    # options of later stages leave lip-sync alone
+    assert key(tiny["audio"], tiny["video"], RunOptions(blend=0.5, upscale=2, crf=20, chunk_frames=7)) == base
     changed = tmp_path / "changed.wav"
     ffmpeg("-i", tiny["audio"], "-af", "volume=0.5", str(changed))
     assert key(str(changed), tiny["video"]) != base                    # the content
@@ -62,20 +78,24 @@ def test_cache_key_follows_content_parameters_and_weights(models_dir, tiny, tmp_
 
 
 def test_face_detection_is_keyed_by_the_video_alone(models_dir, tiny, tmp_path):
-    from core.workarea import stage_key
-    from tasks.lipsync import LipsyncOptions, _detect_parts
-    from tasks.probe import probe_job
+    from core.options import RunOptions
 
-    def key(audio, video, opts=LipsyncOptions()):
-        return stage_key("faces", "1", **_detect_parts(probe_job(audio, video, str(tmp_path / "o.mp4")), opts))
+    def key(audio, video, opts=RunOptions()):
+        return _detect_key(audio, video, opts, str(tmp_path / "o.mp4"))
 
     base = key(tiny["audio"], tiny["video"])
     other_audio = tmp_path / "other.wav"
     ffmpeg("-i", tiny["audio"], "-af", "volume=0.5", str(other_audio))
     assert key(str(other_audio), tiny["video"]) == base                # new audio: same detections
-    assert key(tiny["audio"], tiny["video"], LipsyncOptions(pads=(0, 20, 0, 0), checkpoint="wav2lip.pth",
-                                                            precision="fp32")) == base
-    assert key(tiny["audio"], tiny["video"], LipsyncOptions(detect_max_side=640)) != base
+    assert key(tiny["audio"], tiny["video"], RunOptions(pads=(0, 20, 0, 0), checkpoint="wav2lip.pth",
+                                                        precision="fp32")) == base
+    from tests.test_s3fd import _official_random_state_dict
+
+    torch.save(_official_random_state_dict(), models_dir / "s3fd-619a316812.pth")
+    try:
+        assert key(tiny["audio"], tiny["video"], RunOptions(detector="s3fd")) != base  # another detector
+    finally:
+        (models_dir / "s3fd-619a316812.pth").unlink()
     flipped = tmp_path / "flipped.mp4"
     ffmpeg("-i", tiny["video"], "-vf", "hflip", "-c:v", "ffv1", str(flipped))
     assert key(tiny["audio"], str(flipped)) != base
@@ -89,10 +109,14 @@ def test_a_new_audio_track_reuses_the_face_detections(models_dir, tiny, tmp_path
     other_audio = tmp_path / "other.wav"
     ffmpeg("-i", tiny["audio"], "-af", "volume=0.5", str(other_audio))
     work = tmp_path / "work"
+    results = Path(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"])
+    before = set(results.rglob("*"))
     for i, audio in enumerate([tiny["audio"], str(other_audio)]):
         lipsync_hq(audio=audio, video=tiny["video"], output=str(tmp_path / f"out{i}.mp4"),
                    enhance=False, work_dir=str(work), dask_workers=0)
-    faces = [json.loads(p.read_text()) for p in (work / "faces").glob("*/manifest.json")]
+    # the work area is the only cache: no stage result is pickled into Prefect's result storage
+    assert set(results.rglob("*")) == before
+    faces = [json.loads(p.read_text()) for p in (work / "detect_faces").glob("*/manifest.json")]
     assert len(faces) == 1 and faces[0]["faces"] >= 1
     assert len(list((work / "lipsync").glob("*/manifest.json"))) == 2
     assert all(probe_video(str(tmp_path / f"out{i}.mp4")).n_frames > 0 for i in range(2))
@@ -160,8 +184,8 @@ def test_bad_input_is_not_retried(prefect_server, models_dir, tiny, tmp_path, mo
     from flows.lipsync_hq import lipsync_hq
 
     calls = []
-    real = tasks.probe.probe_job
-    monkeypatch.setattr(tasks.probe, "probe_job", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = tasks.probe.probe
+    monkeypatch.setattr(tasks.probe, "probe", lambda *a, **k: calls.append(a) or real(*a, **k))
     with pytest.raises(InputError, match="file not found"):
         lipsync_hq(audio=str(tmp_path / "missing.wav"), video=tiny["video"], output=str(tmp_path / "o.mp4"),
                    work_dir=str(tmp_path / "w"))
@@ -181,7 +205,7 @@ def test_transient_errors_are_retried_and_bad_input_is_not():
 
 # ---------------------------------------------------------------------------------- resume
 def _enhance_manifests(work: Path) -> list[Path]:
-    return sorted((work / "enhance").glob("*/manifest.json"))
+    return sorted((work / "enhance_chunk").glob("*/manifest.json"))
 
 
 def test_killed_run_resumes_with_only_the_missing_chunks(prefect_server, models_dir, tiny, tmp_path, monkeypatch):
@@ -203,11 +227,11 @@ def test_killed_run_resumes_with_only_the_missing_chunks(prefect_server, models_
     done_before = len(_enhance_manifests(work))
     assert 2 <= done_before < 4 and not out.exists()
 
-    import tasks.enhance
+    import tasks.enhance_chunk
     from flows.lipsync_hq import lipsync_hq
 
-    real, calls = tasks.enhance.enhance_chunk, []
-    monkeypatch.setattr(tasks.enhance, "enhance_chunk", lambda *a, **k: calls.append(a[0].index) or real(*a, **k))
+    real, calls = tasks.enhance_chunk.enhance_chunk, []
+    monkeypatch.setattr(tasks.enhance_chunk, "enhance_chunk", lambda *a, **k: calls.append(a[0].index) or real(*a, **k))
     lipsync_hq(**args)
     assert len(calls) == 4 - done_before  # n - k chunk enhancements, no more
     assert out.is_file()
@@ -237,8 +261,8 @@ def test_s3_end_to_end_on_two_dask_workers(prefect_server, models_dir, tiny, s3)
         assert probe_video(local).n_frames == 8
     finally:
         local.unlink()
-    workers = {json.loads(s3.cat(m))["worker"] for m in s3.glob("media-work/w/enhance/*/manifest.json")}
-    assert len(s3.glob("media-work/w/enhance/*/manifest.json")) == 4
+    workers = {json.loads(s3.cat(m))["worker"] for m in s3.glob("media-work/w/enhance_chunk/*/manifest.json")}
+    assert len(s3.glob("media-work/w/enhance_chunk/*/manifest.json")) == 4
     assert len(workers) == 2, workers  # both Dask worker processes enhanced chunks
 
 

@@ -14,7 +14,7 @@ from core.errors import NoFaceError
 from core.media import decode_audio, iter_frames, probe_audio, probe_video
 from models.checkpoint import CheckpointError
 from models.restorer import FACE_SIZE
-from tasks.faces import FaceTrack
+from models.face_track import FaceTrack
 from tests.conftest import REPO, ffmpeg
 
 FPS = 25
@@ -176,6 +176,10 @@ def cli_inputs(tmp_path, speech_2s, clip):
     ("output_is_input", r"output .*: is the same file as the input"),
     ("unwritable", r"output /proc/out.mp4: its directory /proc is not writable"),
     ("missing_dir", r"output .*/no/such/dir/out.mp4: its directory .* does not exist"),
+    ("device", r"output /dev/null: exists and is not a regular file"),
+    ("fifo", r"output .*/pipe.mp4: exists and is not a regular file"),
+    ("symlink", r"output .*/link.mp4: is a symbolic link"),
+    ("stdout", r"output /dev/stdout: is a symbolic link"),
 ])
 def test_cli_bad_input(cli_inputs, models_dir, case, pattern):
     d = cli_inputs
@@ -197,6 +201,19 @@ def test_cli_bad_input(cli_inputs, models_dir, case, pattern):
         out = "/proc/out.mp4"
     elif case == "missing_dir":
         out = str(d["dir"] / "no" / "such" / "dir" / "out.mp4")
+    elif case == "device":
+        out = "/dev/null"
+    elif case == "fifo":
+        out = str(d["dir"] / "pipe.mp4")
+        if not os.path.exists(out):
+            os.mkfifo(out)
+    elif case == "symlink":
+        out = str(d["dir"] / "link.mp4")
+        if not os.path.islink(out):
+            (d["dir"] / "target.mp4").write_bytes(b"the user's file")
+            os.symlink(d["dir"] / "target.mp4", out)
+    elif case == "stdout":
+        out = "/dev/stdout"
     before = {p: p.stat().st_mtime_ns for p in Path(d["dir"]).iterdir()}
     r = cli("run", "--audio", audio, "--video", video, "-o", out)
     assert r.returncode == 2, r.stderr
@@ -204,6 +221,7 @@ def test_cli_bad_input(cli_inputs, models_dir, case, pattern):
     assert "Traceback" not in r.stderr
     after = {p: p.stat().st_mtime_ns for p in Path(d["dir"]).iterdir()}
     assert after == before  # nothing written, nothing the user gave modified
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
 
 
 def test_cli_missing_weights(cli_inputs, tmp_path):
@@ -219,6 +237,27 @@ def test_cli_models_list_and_verify(models_dir):
     # random weights are not the published files: verify must say so, naming the file
     r = cli("models", "verify", "wav2lip_gan.pth")
     assert r.returncode == 1 and "wav2lip_gan.pth: size" in r.stdout
+
+
+def test_cli_models_verify_hashes_the_file_itself(tmp_path):
+    """A forged digest record beside a corrupted file must not make it verify; no files: a failure."""
+    import json
+
+    from models.weights import MANIFEST
+
+    models = tmp_path / "models"
+    models.mkdir()
+    r = cli("models", "verify", env={"WAV2LIP_HQ_MODELS_DIR": str(models)})
+    assert r.returncode == 1 and "no weight files to verify" in r.stderr
+    w = MANIFEST["s3fd-619a316812.pth"]
+    bad = models / w.name
+    with open(bad, "wb") as f:  # the published size, the wrong bytes
+        f.truncate(w.size)
+    st = bad.stat()
+    (models / f".{w.name}.sha256.json").write_text(json.dumps(
+        {"stamp": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}, "sha256": w.sha256}))
+    r = cli("models", "verify", w.name, env={"WAV2LIP_HQ_MODELS_DIR": str(models)})
+    assert r.returncode == 1 and "does not match the published" in r.stdout, r.stdout
 
 
 def test_cli_help_explains_every_option():

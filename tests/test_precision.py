@@ -110,12 +110,15 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
 def test_auto_precision_enters_the_cache_key(models_dir, monkeypatch):
     """A job cached at fp32 on one machine is not served to an ``auto`` run that would compute bf16."""
     import models.precision as precision
-    from tasks.enhance import EnhanceOptions, _parts
+    from core.options import RunOptions
+    from core.products import Chunk
+    from tasks.enhance_chunk import STAGE
 
-    chunk = {"key": "k" * 64}
+    chunk = Chunk(key="k" * 64, path="c.mkv", index=0, start=0, n_frames=1)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    auto_bf16 = _parts(chunk, EnhanceOptions(device="cpu"))
+    auto_bf16 = STAGE.key_inputs(chunk, RunOptions(device="cpu"))
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    auto_fp32 = _parts(chunk, EnhanceOptions(device="cpu"))
+    auto_fp32 = STAGE.key_inputs(chunk, RunOptions(device="cpu"))
     assert auto_bf16["precision"] == "bf16" and auto_fp32["precision"] == "fp32"
-    assert auto_bf16 != auto_fp32
+    assert STAGE.key(chunk=chunk, opts=RunOptions(device="cpu")) != STAGE.key(chunk=chunk, opts=RunOptions(
+        device="cpu", precision="bf16"))

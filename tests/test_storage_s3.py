@@ -1,13 +1,16 @@
 """Storage by URL against a real S3-compatible server: inputs, outputs, work area, bad credentials."""
 from __future__ import annotations
 
+import pickle
 import time
 
 import pytest
 
 from core.errors import InputError
 from core.storage import StorageAccessError, StorageUnreachableError, check_output, local_copy, publish
-from core.workarea import WorkArea, content_sha256, run_stage
+from core.products import Product
+from core.stage import Stage
+from core.workarea import content_sha256
 
 
 def test_local_copy_and_publish_round_trip(s3, tmp_path):
@@ -60,28 +63,60 @@ def test_unreachable_endpoint_fails_fast(s3_server, monkeypatch):
     s3fs.S3FileSystem.clear_instance_cache()
 
 
+class Demo(Product):
+    file: str
+    files: tuple[str, ...]
+
+
+DEMO = Stage("demo", version="1", product=Demo, key_inputs=lambda a: {"a": a})
+
+
 def test_remote_work_area(s3, tmp_path):
     s3.mkdir("work")
-    work = WorkArea("s3://work/area")
+    work = "s3://work/area"
     calls = []
 
     def produce(out_dir):
         calls.append(out_dir)
         (out_dir / "sub").mkdir()
         (out_dir / "sub" / "x.txt").write_text("hello")
-        return {"file": str(out_dir / "sub" / "x.txt"), "list": [str(out_dir / "sub" / "x.txt")]}
+        return Demo(file=str(out_dir / "sub" / "x.txt"), files=(str(out_dir / "sub" / "x.txt"),))
 
-    first = run_stage(work, "demo", "1", {"a": 1}, produce)
-    assert first["file"].startswith("s3://work/area/demo/") and first["file"].endswith("/sub/x.txt")
-    assert first["list"] == [first["file"]] and not first["reused"]
-    with local_copy(first["file"]) as local:
+    first = DEMO.run(work, produce, a=1)
+    assert first.file.startswith("s3://work/area/demo/") and first.file.endswith("/sub/x.txt")
+    assert first.files == (first.file,) and not first.reused and first.key == DEMO.key(a=1)
+    with local_copy(first.file) as local:
         assert open(local).read() == "hello"
-    again = run_stage(work, "demo", "1", {"a": 1}, produce)
-    assert again["reused"] and len(calls) == 1 and again["file"] == first["file"]
-    run_stage(work, "demo", "1", {"a": 1}, produce, refresh=True)
+    again = DEMO.run(work, produce, a=1)
+    assert again.reused and len(calls) == 1 and again.file == first.file
+    DEMO.run(work, produce, refresh=True, a=1)
     assert len(calls) == 2
-    run_stage(work, "demo", "1", {"a": 2}, produce)
+    DEMO.run(work, produce, a=2)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("planted", [
+    pickle.dumps({"file": "x"}),                                     # a pickle: never loaded
+    b'{"file": "/etc/passwd", "files": [], "key": "k", "evil": 1}',   # a field the stage never writes
+    b'{"file": 3, "files": []}',                                     # the wrong type
+])
+def test_a_manifest_that_is_not_the_stage_s_json_is_refused(s3, planted):
+    """Whoever can write to a shared work area cannot make a stage trust what it did not write."""
+    if not s3.exists("shared-work"):
+        s3.mkdir("shared-work")
+    work = f"s3://shared-work/{hash(planted)}"
+    calls = []
+
+    def produce(out_dir):
+        calls.append(out_dir)
+        (out_dir / "x.txt").write_text("made here")
+        return Demo(file=str(out_dir / "x.txt"), files=())
+
+    s3.pipe(f"{work[5:]}/demo/{DEMO.key(a=1)}/manifest.json", planted)
+    assert DEMO.finished(work, a=1) is None
+    done = DEMO.run(work, produce, a=1)
+    assert len(calls) == 1 and not done.reused
+    assert DEMO.finished(work, a=1) == done.model_copy(update={"reused": False})
 
 
 def test_credentials_from_a_prefect_block(prefect_server, s3_server, s3, monkeypatch, tmp_path):
@@ -121,8 +156,8 @@ def test_flow_with_refused_credentials_stops_at_once(prefect_server, models_dir,
     s3.mkdir("guarded")
     s3.pipe("guarded/a.wav", b"RIFF")
     calls = []
-    real = tasks.probe.probe_job
-    monkeypatch.setattr(tasks.probe, "probe_job", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = tasks.probe.probe
+    monkeypatch.setattr(tasks.probe, "probe", lambda *a, **k: calls.append(a) or real(*a, **k))
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     s3fs.S3FileSystem.clear_instance_cache()
     out = tmp_path / "o.mp4"

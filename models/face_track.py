@@ -1,5 +1,5 @@
-"""Faces of a video: one detection pass (cached per video content), then the track: the lip-sync box
-and the alignment landmarks per frame.
+"""Faces of a video as data: every detection (per video content), and the face track built from them
+(the lip-sync box and the alignment landmarks per frame), each saved as an ``.npz`` file.
 
 The track is saved as ``faces.npz`` beside the synced video so the enhancer reuses it instead of
 detecting again.
@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import NoFaceError
-from core.media import VideoInfo, iter_frames
-from core.progress import Progress
-from models.face_detection import (CenterFaceDetector, Face, main_face, pad_box, smooth_centered,
-                                   smooth_forward)
+from core.media import VideoInfo
+from models.face_detection import Face, main_face, pad_box, smooth_centered, smooth_forward
 
 
 def _save_npz(path: str | Path, **arrays) -> Path:
@@ -92,42 +90,8 @@ class Detections:
         return [Face(self.boxes[r], self.landmarks[r], float(self.scores[r])) for r in range(lo, hi)]
 
 
-def detect_faces(info: VideoInfo, detector: str = "centerface", detect_max_side: int = 320,
-                 device=None) -> Detections:
-    """Run the detector over every frame of ``info`` (one decoding pass)."""
-    centerface = CenterFaceDetector(max_side=detect_max_side)
-    s3fd = None
-    if detector == "s3fd":
-        from models.loading import get_model
-
-        s3fd, _, dev = get_model("s3fd", "s3fd-619a316812.pth", device)
-    elif detector != "centerface":
-        raise ValueError(f"unknown detector {detector!r} (centerface or s3fd)")
-
-    frame_idx, boxes, landmarks, scores, ref_boxes = [], [], [], [], []
-    progress = Progress("face detection", info.n_frames)
-    n = 0
-    for i, frame in enumerate(iter_frames(info)):
-        faces = centerface(frame)
-        ref = np.full(4, np.nan, np.float32)
-        k = main_face(faces, frame.shape)
-        if s3fd is not None and k is not None:
-            ref = _s3fd_box(s3fd, frame, faces[k].box, dev).astype(np.float32)
-        for f in faces:
-            frame_idx.append(i)
-            boxes.append(f.box)
-            landmarks.append(f.landmarks)
-            scores.append(f.score)
-        ref_boxes.append(ref)
-        n = i + 1
-        progress.update()
-    return Detections(n, np.asarray(frame_idx, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4),
-                      np.asarray(landmarks, np.float32).reshape(-1, 5, 2), np.asarray(scores, np.float32),
-                      np.asarray(ref_boxes, np.float32).reshape(-1, 4))
-
-
-def build_track(dets: Detections, info: VideoInfo, pads: tuple[int, int, int, int] = (0, 10, 0, 0),
-                smooth: bool = True, on_no_face: str = "pass") -> FaceTrack:
+def build_track(dets: Detections, info: VideoInfo, *, pads: tuple[int, int, int, int], smooth: bool,
+                on_no_face: str) -> FaceTrack:
     """Choose the main face per frame, pad and smooth its box: the track the later stages use."""
     present, boxes, landmarks, others = [], [], [], []
     shape = (info.height, info.width)
@@ -159,26 +123,3 @@ def build_track(dets: Detections, info: VideoInfo, pads: tuple[int, int, int, in
     present_a &= (boxes_a[:, 2] - boxes_a[:, 0] >= 2) & (boxes_a[:, 3] - boxes_a[:, 1] >= 2)
     others_a = np.asarray(others, np.float32).reshape(-1, 11)
     return FaceTrack(present_a, boxes_a, lms_a.astype(np.float32), others_a)
-
-
-def track_faces(info: VideoInfo, pads: tuple[int, int, int, int] = (0, 10, 0, 0), smooth: bool = True,
-                on_no_face: str = "pass", detect_max_side: int = 320, detector: str = "centerface",
-                device=None) -> FaceTrack:
-    """Detect faces in every frame of ``info`` and build the track the later stages use."""
-    return build_track(detect_faces(info, detector, detect_max_side, device), info, pads, smooth, on_no_face)
-
-
-def _s3fd_box(net, frame: np.ndarray, fallback: np.ndarray, device) -> np.ndarray:
-    """The reference detector's box for the face CenterFace chose (best overlap), else CenterFace's."""
-    from models.s3fd import s3fd_detect
-
-    dets = s3fd_detect(net, [frame], device)[0]
-    if len(dets) == 0:
-        return fallback
-    x1 = np.maximum(dets[:, 0], fallback[0])
-    y1 = np.maximum(dets[:, 1], fallback[1])
-    x2 = np.minimum(dets[:, 2], fallback[2])
-    y2 = np.minimum(dets[:, 3], fallback[3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    best = int(np.argmax(inter))
-    return dets[best, :4] if inter[best] > 0 else fallback

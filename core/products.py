@@ -1,0 +1,88 @@
+"""What the stages hand each other: typed, immutable values, stored in the work area as JSON.
+
+Files are named by path (local) or URL (remote work area). Every stage product also says which run
+made it (:class:`Product`): its content key, for the keys of the stages after it, and the seconds and
+bytes the stage table reports.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+from pydantic import BaseModel, ConfigDict
+
+from core.media import AudioInfo, VideoInfo
+
+
+class Value(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Job(Value):
+    """The probed inputs: what every later stage reads instead of probing again."""
+
+    audio: str              # as the user gave them (paths or URLs)
+    video: str
+    output: str
+    audio_sha256: str       # content hashes: the root of every stage's key
+    video_sha256: str
+    audio_info: AudioInfo
+    video_info: VideoInfo
+
+
+class Product(Value):
+    key: str = ""           # content key of the stage run that made it
+    seconds: float = 0.0    # time that run took
+    bytes: int = 0          # size of its files
+    worker: str = ""        # host:pid that made it
+    reused: bool = False    # this run found it finished in the work area
+
+
+class FaceDetections(Product):
+    """Every face the detector found in every frame (a :class:`models.face_track.Detections` file)."""
+
+    detections: str
+    n_frames: int
+    faces: int
+
+
+class SyncedVideo(Product):
+    """Wav2Lip's output: lossless video with the audio (FLAC), and the face track it used."""
+
+    video: str
+    face_track: str
+    fps_num: int
+    fps_den: int
+    n_frames: int           # output frames (they cover the audio)
+    n_source: int           # frames of the input video (output frame i shows source frame i % n_source)
+    width: int
+    height: int
+
+    @property
+    def fps(self) -> Fraction:
+        return Fraction(self.fps_num, self.fps_den)
+
+
+class Chunk(Product):
+    """Consecutive frames of the synced (or enhanced) video in one lossless file."""
+
+    path: str
+    index: int
+    start: int              # index of its first frame in the whole video
+    n_frames: int
+
+
+class VideoChunks(Product):
+    chunks: tuple[Chunk, ...]
+
+
+class AudioTrack(Product):
+    audio: str
+
+
+class SilentVideo(Product):
+    video: str
+
+
+class FinalVideo(Product):
+    video: str              # the muxed file in the work area
+    output: str = ""        # where it was published
