@@ -10,11 +10,15 @@ class NoFaceError(InputError):
     """A frame without a detectable face while the user asked to fail on such frames."""
 
 
+class EncoderError(RuntimeError):
+    """ffmpeg refused the encoder settings: the same settings fail again, so this is never retried."""
+
+
 def is_retryable(exc: BaseException | None) -> bool:
     """Transient failures (storage, network, resources) are worth retrying; bad input never is."""
     if exc is None:
         return False
-    return not isinstance(exc, (InputError, KeyboardInterrupt, TypeError, NotImplementedError))
+    return not isinstance(exc, (InputError, EncoderError, KeyboardInterrupt, TypeError, NotImplementedError))
 
 
 def retry_unless_bad_input(task, task_run, state) -> bool:

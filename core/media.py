@@ -19,9 +19,12 @@ import ffmpeg
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from core.errors import InputError
+from core.errors import EncoderError, InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# the largest frames accepted (inputs, and outputs after --upscale): 8192 x 8192, any side up to 16384
+MAX_FRAME_PIXELS = 8192 * 8192
+MAX_SIDE = 16384
 MAX_NOMINAL_FPS = 60
 
 
@@ -82,6 +85,8 @@ class VideoInfo(BaseModel):
     n_frames: int          # frames delivered at ``fps`` (for a still image: 1)
     is_still: bool
     vfr: bool              # the source has variable frame rate and is resampled to ``fps``
+    sar_num: int = 1       # sample (pixel) aspect ratio: not square in anamorphic video
+    sar_den: int = 1
 
     @property
     def fps(self) -> Fraction:
@@ -144,10 +149,13 @@ def probe_video(path: str | Path, still_fps: float | None = None, role: str = "v
         if not c.streams.video:
             raise InputError(f"{role} {path}: has no video stream")
         s = c.streams.video[0]
+        check_frame_size(s.codec_context.width, s.codec_context.height, f"{role} {path}")
         is_still = is_still or c.format.name in {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe"}
         pts = [] if is_still else sorted(p.pts for p in c.demux(s) if p.pts is not None)
         nominal = s.base_rate or s.guessed_rate or s.average_rate
         time_base = s.time_base
+        sar = s.sample_aspect_ratio or s.codec_context.sample_aspect_ratio
+        sar = {"sar_num": sar.numerator, "sar_den": sar.denominator} if sar and sar > 0 else {}
     if is_still:
         h, w = _first_frame_size(path, role, still=True)
         if still_fps is None:
@@ -156,7 +164,7 @@ def probe_video(path: str | Path, still_fps: float | None = None, role: str = "v
             still_fps = RunOptions.model_fields["still_fps"].default
         rate = Fraction(still_fps).limit_denominator(1001)
         return VideoInfo(path=path, width=w, height=h, fps_num=rate.numerator, fps_den=rate.denominator,
-                         n_frames=1, is_still=True, vfr=False)
+                         n_frames=1, is_still=True, vfr=False, **sar)
     if not pts:
         raise InputError(f"{role} {path}: its video stream has no frames")
     vfr, rate = choose_rate(pts, time_base, nominal)
@@ -167,7 +175,14 @@ def probe_video(path: str | Path, still_fps: float | None = None, role: str = "v
         n_frames = len(pts)
     h, w = _first_frame_size(path, role, still=False)
     return VideoInfo(path=path, width=w, height=h, fps_num=rate.numerator, fps_den=rate.denominator,
-                     n_frames=n_frames, is_still=False, vfr=vfr)
+                     n_frames=n_frames, is_still=False, vfr=vfr, **sar)
+
+
+def check_frame_size(width: int, height: int, what: str) -> None:
+    """Refuse frames too large to process (before any decoding: a header may declare anything)."""
+    if width * height > MAX_FRAME_PIXELS or max(width, height) > MAX_SIDE:
+        raise InputError(f"{what}: frames of {width}x{height} are larger than this tool accepts "
+                         f"({MAX_FRAME_PIXELS // 1_000_000} megapixels, {MAX_SIDE} pixels a side)")
 
 
 def choose_rate(pts: list[int], time_base: Fraction, nominal: Fraction | None) -> tuple[bool, Fraction]:
@@ -198,10 +213,7 @@ def choose_rate(pts: list[int], time_base: Fraction, nominal: Fraction | None) -
 def _first_frame_size(path: str, role: str, still: bool) -> tuple[int, int]:
     """Size of the frames as our decoder delivers them (after rotation metadata is applied)."""
     if still:
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise InputError(f"{role} {path}: not an image that can be decoded")
-        return img.shape[:2]
+        return read_still(path, role).shape[:2]
     first = ffmpeg.input(path)["v:0"].output("pipe:", **{"frames:v": 1, "f": "image2pipe", "c:v": "png"})
     proc = subprocess.run(ffmpeg_command(first), capture_output=True)
     img = cv2.imdecode(np.frombuffer(proc.stdout, np.uint8), cv2.IMREAD_COLOR) if proc.stdout else None
@@ -212,10 +224,24 @@ def _first_frame_size(path: str, role: str, still: bool) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------- frames
-def read_still(path: str) -> np.ndarray:
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+def read_still(path: str, role: str = "video") -> np.ndarray:
+    """A still image as BGR; its header's size is checked before anything is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            check_frame_size(*im.size, f"{role} {path}")
+    except Image.DecompressionBombError:
+        raise InputError(f"{role} {path}: its header declares an image far larger than this tool accepts "
+                         f"({MAX_FRAME_PIXELS // 1_000_000} megapixels)") from None
+    except (UnidentifiedImageError, OSError):
+        pass  # not an image PIL knows: OpenCV says below whether it can read it
+    try:
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+    except cv2.error:
+        img = None
     if img is None:
-        raise InputError(f"video {path}: not an image that can be decoded")
+        raise InputError(f"{role} {path}: not an image that can be decoded")
     return img
 
 
@@ -291,14 +317,14 @@ class FrameWriter:
 
     def __init__(self, path: str | Path, width: int, height: int, fps: Fraction, codec: str = "ffv1",
                  crf: int = 18, preset: str = "medium", audio: str | Path | None = None,
-                 audio_codec: str = "flac") -> None:
+                 audio_codec: str = "flac", sar: Fraction = Fraction(1)) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self.width, self.height, self.count = width, height, 0
         fps = Fraction(fps)
         frames = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{width}x{height}",
                               framerate=f"{fps.numerator}/{fps.denominator}")["v:0"]
-        video, encode = _video_encoding(frames, codec, crf, preset, width, height)
+        video, encode = _video_encoding(frames, codec, crf, preset, width, height, Fraction(sar))
         streams = [video] if audio is None else [video, ffmpeg.input(str(audio))["a:0"]]
         if audio is not None:
             encode["c:a"] = audio_codec
@@ -319,7 +345,8 @@ class FrameWriter:
         err = self.proc.stderr.read()
         self.proc.wait()
         self.tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"ffmpeg failed while writing {self.path}: {ffmpeg_log(err)}")
+        kind = EncoderError if b"encoder" in err.lower() or b"Unsupported" in err else RuntimeError
+        raise kind(f"ffmpeg failed while writing {self.path}: {ffmpeg_log(err)}")
 
     def close(self) -> Path:
         self.proc.stdin.close()
@@ -348,14 +375,18 @@ class FrameWriter:
             self.abort()
 
 
-def _video_encoding(video, codec: str, crf: int, preset: str, width: int, height: int) -> tuple:
+def _video_encoding(video, codec: str, crf: int, preset: str, width: int, height: int, sar: Fraction) -> tuple:
     """(stream, encoder options): ``ffv1`` for our lossless intermediates, ``h264`` for the final video."""
     if codec == "ffv1":
-        # bgr0 keeps our BGR pixels bit-exact; slices let ffmpeg use both cores
-        return video, {"c:v": "ffv1", "level": 3, "g": 1, "slices": 4, "pix_fmt": "bgr0"}
+        # bgr0 keeps our BGR pixels bit-exact; 4 slices let ffmpeg use both cores, but FFV1 refuses 4 on
+        # frames above ~19 megapixels (each slice is limited in size): there it picks its own count
+        slices = {"slices": 4} if width * height <= 16_000_000 else {}
+        return video, {"c:v": "ffv1", "level": 3, "g": 1, **slices, "pix_fmt": "bgr0"}
     if codec == "h264":
         if width % 2 or height % 2:  # yuv420p needs even sides
             video = video.filter("pad", "ceil(iw/2)*2", "ceil(ih/2)*2")
+        if sar != 1:  # non-square pixels (anamorphic input) keep their shape on screen
+            video = video.filter("setsar", f"{sar.numerator}/{sar.denominator}")
         return video, {"c:v": "libx264", "crf": crf, "preset": preset, "pix_fmt": "yuv420p",
                        "movflags": "+faststart"}
     raise ValueError(f"unknown codec {codec!r}")

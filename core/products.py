@@ -31,6 +31,7 @@ class Job(Value):
 
 class Product(Value):
     key: str = ""           # content key of the stage run that made it
+    started: float = 0.0    # when that run started (Unix time)
     seconds: float = 0.0    # time that run took
     bytes: int = 0          # size of its files
     worker: str = ""        # host:pid that made it
@@ -56,6 +57,8 @@ class SyncedVideo(Product):
     n_source: int           # frames of the input video (output frame i shows source frame i % n_source)
     width: int
     height: int
+    sar_num: int = 1        # the input's sample aspect ratio, for the final encode
+    sar_den: int = 1
 
     @property
     def fps(self) -> Fraction:

@@ -29,6 +29,31 @@ from core.workarea import WorkArea, rebase, stage_key, tree_bytes, write_manifes
 P = TypeVar("P", bound=Product)
 
 
+def _owner() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_abandoned(folder: Path, key: str, also_pid: int | None = None) -> None:
+    """Remove the temporary directories of ``key`` (``*``: any) left by killed runs of this host (their
+    process is gone, or is ``also_pid``, which is stopping); those of live runs, and of other hosts
+    sharing the folder, are left alone."""
+    host = socket.gethostname()
+    for tmp in folder.glob(f".{key}.{host}-*.*"):
+        pid = tmp.name.split(f".{host}-", 1)[1].split(".", 1)[0]
+        if pid.isdigit() and (int(pid) == also_pid or not _alive(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def retry_delays() -> list[float]:
     """Backoff between attempts: ``WAV2LIP_HQ_RETRY_DELAYS`` (comma-separated seconds), default 2,10,30."""
     raw = os.environ.get("WAV2LIP_HQ_RETRY_DELAYS", "2,10,30")
@@ -93,11 +118,12 @@ class Stage(Generic[P]):
                                   redact(work.stage_url(self.name, key)))
                 return done.model_copy(update={"reused": True})
         url = work.stage_url(self.name, key)
-        start = time.perf_counter()
+        started, start = time.time(), time.perf_counter()
 
         def finish(product: P, local_root: Path, final_url: str) -> P:
             data = rebase(product.model_dump(), str(local_root), final_url)
-            data.update(key=key, seconds=round(time.perf_counter() - start, 3), bytes=tree_bytes(local_root),
+            data.update(key=key, started=started, seconds=round(time.perf_counter() - start, 3),
+                        bytes=tree_bytes(local_root),
                         worker=f"{socket.gethostname()}:{os.getpid()}", reused=False)
             return self.product.model_validate(data)
 
@@ -115,9 +141,10 @@ class Stage(Generic[P]):
 
         final = Path(url)
         final.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(final.parent, key)
         # produce beside the final place, manifest included, then rename: the key's directory appears
         # complete or not at all, whatever a concurrent or interrupted attempt does
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{_owner()}.", dir=final.parent))
         try:
             done = finish(produce(tmp), tmp, str(final))
             write_manifest(str(tmp), done.model_dump_json(indent=1))

@@ -18,8 +18,10 @@ import fsspec
 from core.errors import InputError
 
 # Fail fast on unreachable endpoints: the pipeline's own task retries add the backoff.
+# SigV4 for presigned links too (output links in the run's report): SigV2 is refused by newer regions.
 fsspec.config.conf.setdefault("s3", {}).setdefault("config_kwargs", {"connect_timeout": 5, "read_timeout": 60,
-                                                      "retries": {"max_attempts": 2, "mode": "standard"}})
+                                                      "retries": {"max_attempts": 2, "mode": "standard"},
+                                                      "signature_version": "s3v4"})
 
 
 STORAGE_BLOCK_ENV = "WAV2LIP_HQ_STORAGE_BLOCK"
@@ -76,6 +78,14 @@ def is_remote(url: str) -> bool:
 def redact(url: str) -> str:
     """A URL fit for logs: any ``user:secret@`` part removed."""
     return re.sub(r"(://)[^/@]*@", r"\1", str(url))
+
+
+def refuse_credentials_in_url(url: str, role: str) -> None:
+    """Credentials belong in the environment or a storage block: a URL carrying them would echo them
+    in every storage error, log line and Prefect parameter view."""
+    if redact(url) != str(url):
+        raise InputError(f"{role} {redact(url)}: credentials in the URL are not accepted; give them the AWS "
+                         f"ways (environment, profile, role) or in a storage block ({STORAGE_BLOCK_ENV})")
 
 
 def _strip_file_scheme(url: str) -> str:
@@ -158,11 +168,28 @@ def check_output(url: str, inputs: list[str]) -> None:
         return
     if url in inputs:
         raise InputError(f"output {redact(url)}: is the same object as an input; choose another output URL")
-    with storage_errors(url, "output"):
+    check_bucket(url, "output")
+
+
+def check_bucket(url: str, role: str) -> None:
+    """The bucket of ``url`` exists and answers (an unreachable endpoint is not a missing bucket)."""
+    with storage_errors(url, role):
         fs, path = url_to_fs(url)
         bucket = path.lstrip("/").split("/", 1)[0]
-        if not fs.exists(bucket):
-            raise StorageAccessError(f"output {redact(url)}: bucket {bucket} does not exist or is not visible")
+        try:
+            fs.info(bucket)  # raises on an unreachable endpoint, where exists() would say False
+        except FileNotFoundError:
+            raise StorageAccessError(f"{role} {redact(url)}: bucket {bucket} does not exist or is not visible") \
+                from None
+
+
+def refuse_special_input(url: str, role: str) -> None:
+    """A local input must be a regular file: a pipe or device cannot be read twice (probe, then stages)."""
+    if is_remote(url):
+        return
+    path = Path(_strip_file_scheme(str(url))).expanduser()
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise InputError(f"{role} {url}: is not a regular file (a pipe, device or socket); save it to a file first")
 
 
 def refuse_special_output(url: str) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import posixpath
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,36 @@ def content_sha256(url: str, role: str = "input", chunk: int = 1 << 20) -> str:
             while block := f.read(chunk):
                 h.update(block)
         return h.hexdigest()
+
+
+def default_work_root() -> str:
+    """``WAV2LIP_HQ_WORK_DIR`` or ``<user cache>/wav2lip-hq/work``."""
+    env = os.environ.get("WAV2LIP_HQ_WORK_DIR")
+    if env:
+        return env
+    from platformdirs import user_cache_dir
+
+    return os.path.join(user_cache_dir("wav2lip-hq"), "work")
+
+
+def check_work_area(root: str) -> None:
+    """Fail early when the work area cannot hold stage outputs: a file, unwritable, a missing bucket."""
+    from core.storage import check_bucket
+
+    if is_remote(root):
+        check_bucket(root, "work_dir")
+        return
+    path = Path(root).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"work_dir {root}: is a file, not a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())  # nothing is created before the run
+    if not existing.is_dir():
+        raise InputError(f"work_dir {root}: {existing} is a file, not a folder")
+    try:  # a real write: permission bits say nothing about read-only mounts or root
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".wav2lip-hq-probe."):
+            pass
+    except OSError as exc:
+        raise InputError(f"work_dir {root}: cannot write in {existing} ({exc.strerror})") from exc
 
 
 def stage_key(stage: str, version: str, **parts: Any) -> str:

@@ -1,11 +1,13 @@
 """The ``batch`` flow: every (audio, video) pair under an input prefix -> a video under an output prefix.
 
-Jobs come from a manifest (``jobs.json`` or ``jobs.csv`` at the input prefix, or one given) or, by
-default, from names: ``talk.wav`` + ``talk.mp4`` under the same folder make the job ``talk``, whose
-output is ``<output prefix>/talk.mp4``. Idempotent: a job whose output exists for the same input
-content and options (recorded in ``<output>.json`` beside it) is skipped. The rest run as subflows,
-a bounded number at a time, sharing one Dask cluster; a failing job never stops the others. Each run
-writes a report: a table artifact and ``<output prefix>/wav2lip-hq-report.json``.
+Jobs come from a manifest (``jobs.json`` or ``jobs.csv`` at the input prefix, or one given; its inputs
+must lie under the input prefix or ``allowed_roots``) or, by default, from names: ``talk.wav`` +
+``talk.mp4`` under the same folder make the job ``talk``, whose output is ``<output prefix>/talk.mp4``;
+jobs whose outputs would coincide fail. Idempotent: a job whose output exists for the same input
+content and options (recorded in ``<output>.json`` beside it) is skipped. The rest run as subflows
+named after their jobs, a bounded number at a time, sharing one Dask cluster; a failing job fails its
+task run but never stops the others. Each run writes a report (a table artifact and
+``<output prefix>/wav2lip-hq-report.json``), then ends Failed if any job failed.
 """
 from __future__ import annotations
 
@@ -13,19 +15,22 @@ import csv
 import hashlib
 import io
 import json
+import os
 import posixpath
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from core.errors import InputError
 from core.options import RunOptions
-from core.storage import is_remote, open_url, redact, url_to_fs
+from core.storage import is_remote, open_url, redact, refuse_credentials_in_url, url_to_fs
 
 AUDIO_EXTS = {".wav", ".mp3", ".m4a", ".aac", ".flac"}
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".jpg", ".jpeg", ".png"}
@@ -67,18 +72,49 @@ def _list(prefix: str) -> list[str]:
     return [to_url(p) for p in files]
 
 
-def find_jobs(input_prefix: str, output_prefix: str, manifest: str | None = None) -> list[BatchJob]:
-    """Jobs from a manifest (given, or jobs.json/jobs.csv at the prefix), else by matching names."""
-    files = _list(input_prefix)
-    base = input_prefix.rstrip("/")
-    rel = {f: f[len(base) + 1:] for f in files if f.startswith(base + "/")}
+def normalise(url: str) -> str:
+    """``url`` with ``.`` and ``..`` resolved (local paths absolute, ``file://`` dropped), to compare prefixes."""
+    url = url.removeprefix("file://")
+    if "://" not in url:
+        return os.path.abspath(url)
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}"
+
+
+def _under(url: str, root: str) -> bool:
+    return url.startswith(root.rstrip("/") + "/")
+
+
+def find_jobs(input_prefix: str, output_prefix: str, manifest: str | None = None,
+              allowed_roots: list[str] | None = None) -> list[BatchJob]:
+    """Jobs from a manifest (given, or jobs.json/jobs.csv at the prefix), else by matching names.
+
+    A manifest's inputs must lie under ``input_prefix`` or one of ``allowed_roots``; jobs whose outputs
+    coincide fail, each naming the others.
+    """
+    base = normalise(input_prefix)
+    rel = {f: f[len(base) + 1:] for f in _list(base) if _under(f, base)}
     if manifest is None:
         for candidate in ("jobs.json", "jobs.csv"):
             url = _join(base, candidate)
             if url in rel:
                 manifest = url
     if manifest:
-        return _jobs_from_manifest(manifest, base, output_prefix)
+        roots = [base, *(normalise(r) for r in allowed_roots or [] if r.strip())]
+        jobs = _jobs_from_manifest(manifest, base, roots)
+    else:
+        jobs = _jobs_from_names(rel)
+    for job in jobs:
+        if job.error is None:
+            try:
+                job.output = safe_output(output_prefix, job.name)
+            except ValueError as exc:
+                job.error = str(exc)
+    _fail_collisions(jobs)
+    return jobs
+
+
+def _jobs_from_names(rel: dict[str, str]) -> list[BatchJob]:
     groups: dict[str, dict[str, list[str]]] = {}
     for url, r in rel.items():
         stem, ext = posixpath.splitext(r)
@@ -91,38 +127,76 @@ def find_jobs(input_prefix: str, output_prefix: str, manifest: str | None = None
         if len(g["audio"]) != 1 or len(g["video"]) != 1:
             job.error = (f"job {stem}: needs exactly one audio ({'/'.join(sorted(AUDIO_EXTS))}) and one video "
                          f"or image ({'/'.join(sorted(VIDEO_EXTS))}); found {len(g['audio'])} and {len(g['video'])}")
-        _assign_output(job, output_prefix)
         jobs.append(job)
     return jobs
 
 
-def _assign_output(job: BatchJob, output_prefix: str) -> None:
+def _read_manifest(manifest: str) -> list:
+    """The manifest's rows; a manifest that cannot be parsed at all fails the batch."""
     try:
-        job.output = safe_output(output_prefix, job.name)
-    except ValueError as exc:
-        job.error = job.error or str(exc)
-
-
-def _jobs_from_manifest(manifest: str, base: str, output_prefix: str) -> list[BatchJob]:
-    """Rows of name, audio, video (relative to the input prefix, or full URLs)."""
-    with open_url(manifest, "r") as f:
-        text = f.read()
-    if manifest.endswith(".json"):
+        with open_url(manifest, "r") as f:
+            text = f.read()
+        if not manifest.endswith(".json"):
+            return list(csv.DictReader(io.StringIO(text)))
         rows = json.loads(text)
-        rows = rows["jobs"] if isinstance(rows, dict) else rows
-    else:
-        rows = list(csv.DictReader(io.StringIO(text)))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, csv.Error are all ValueErrors or below
+        raise InputError(f"manifest {redact(manifest)}: not valid {'JSON' if manifest.endswith('.json') else 'CSV'}"
+                         f" ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    rows = rows.get("jobs") if isinstance(rows, dict) else rows
+    if not isinstance(rows, list):
+        raise InputError(f"manifest {redact(manifest)}: expected a list of jobs (or {{\"jobs\": [...]}}) of "
+                         f"name, audio, video")
+    return rows
+
+
+def _jobs_from_manifest(manifest: str, base: str, roots: list[str]) -> list[BatchJob]:
+    """Rows of name, audio, video: paths relative to the input prefix, or URLs under ``roots``."""
     jobs = []
-    for i, row in enumerate(rows):
-        audio, video = row.get("audio"), row.get("video")
-        name = row.get("name") or (posixpath.splitext(video)[0] if video else f"job{i}")
-        resolve = (lambda p: p if (p is None or "://" in p or p.startswith("/")) else _join(base, p))
-        job = BatchJob(name, resolve(audio), resolve(video), None)
+    for n, row in enumerate(_read_manifest(manifest), 1):
+        where = f"manifest {redact(manifest)} row {n}"
+        if not isinstance(row, dict):
+            jobs.append(BatchJob(f"row{n}", None, None, None,
+                                 error=f"{where}: expected an object of name, audio, video; got {_show(row)}"))
+            continue
+        name, audio, video = (None if row.get(k) in (None, "") else row.get(k) for k in ("name", "audio", "video"))
+        wrong = [f"{k} {_show(v)}" for k, v in (("name", name), ("audio", audio), ("video", video))
+                 if v is not None and not isinstance(v, str)]
+        if wrong:
+            jobs.append(BatchJob(name if isinstance(name, str) else f"row{n}", None, None, None,
+                                 error=f"{where}: {', '.join(wrong)}: must be text"))
+            continue
+        audio_url, video_url = (p if p is None else normalise(p if "://" in p or p.startswith("/") else _join(base, p))
+                                for p in (audio, video))
+        if name is None:
+            name = (posixpath.splitext(video_url[len(base) + 1:] if _under(video_url, base) else
+                                       posixpath.basename(video_url))[0] if video_url else f"row{n}")
+        job = BatchJob(name, audio_url, video_url, None)
+        outside = [f"{k} {redact(p)}" for k, p, url in (("audio", audio, audio_url), ("video", video, video_url))
+                   if url is not None and not any(_under(url, r) for r in roots)]
         if not audio or not video:
-            job.error = f"manifest {redact(manifest)} row {i + 1}: needs audio and video"
-        _assign_output(job, output_prefix)
+            job.error = f"{where}: needs audio and video"
+        elif outside:
+            job.error = (f"{where}: {' and '.join(outside)} not under the input prefix {redact(base)}; "
+                         f"inputs from elsewhere need the batch's allowed_roots")
         jobs.append(job)
     return jobs
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {json.dumps(value)[:80]}"
+
+
+def _fail_collisions(jobs: list[BatchJob]) -> None:
+    """Jobs that would write the same output all fail (one would silently overwrite the other)."""
+    by_output: dict[str, list[BatchJob]] = {}
+    for job in jobs:
+        if job.error is None and job.output:
+            by_output.setdefault(job.output, []).append(job)
+    for output, group in by_output.items():
+        for job in group if len(group) > 1 else ():
+            others = ", ".join(repr(o.name) for o in group if o is not job)
+            job.error = (f"job {job.name!r}: output {redact(output)} is also the output of job {others}; "
+                         f"give the jobs distinct names")
 
 
 def content_id(url: str) -> str:
@@ -154,29 +228,61 @@ def already_done(job: BatchJob, fp: str) -> bool:
     return record.get("fingerprint") == fp and fs.exists(path)
 
 
-@task(name="run_job", task_run_name="job-{job.name}", retries=0, cache_policy=NO_CACHE, persist_result=False)
-def run_job(job: BatchJob, options: dict, dask_address: str | None) -> BatchJob:
-    """One pair through the ``lipsync_hq`` subflow; failures are recorded, never raised."""
+def _make_parent(url: str) -> None:
+    """Local folders must exist before a file is written in them; object stores have none to make."""
+    if not is_remote(url):
+        fs, path = url_to_fs(url)
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+
+
+def _run(job: BatchJob, options: dict, dask_address: str | None) -> str:
+    """Run ``job`` unless its output is current; ``"done"`` or ``"skipped"``."""
     from flows.lipsync_hq import lipsync_hq
 
+    fp = fingerprint(job, options)
+    if already_done(job, fp):
+        return "skipped"
+    _make_parent(job.output)
+    run_name = f"job-{job.name}"  # a callable: a string would be formatted with the parameters
+    lipsync_hq.with_options(flow_run_name=lambda: run_name)(
+        audio=job.audio, video=job.video, output=job.output, dask_address=dask_address, **options)
+    fs, path = url_to_fs(job.output)
+    fs.pipe_file(path + ".json", json.dumps({"fingerprint": fp, "audio": job.audio, "video": job.video,
+                                             "options": options}).encode())
+    return "done"
+
+
+@task(name="run_job", task_run_name="job-{job.name}", retries=0, cache_policy=NO_CACHE, persist_result=False)
+def run_job(job: BatchJob, options: dict, dask_address: str | None) -> BatchJob | State:
+    """One pair through the ``lipsync_hq`` subflow. A failure ends this task run Failed (its data the
+    job, with the error) without raising, so the batch goes on with the others."""
     start = time.perf_counter()
-    if job.error:
-        job.status = "failed"
-        return job
-    try:
-        fp = fingerprint(job, options)
-        if already_done(job, fp):
-            job.status = "skipped"
-            return job
-        lipsync_hq(audio=job.audio, video=job.video, output=job.output, dask_address=dask_address, **options)
-        fs, path = url_to_fs(job.output)
-        fs.pipe_file(path + ".json", json.dumps({"fingerprint": fp, "audio": job.audio, "video": job.video,
-                                                 "options": options}).encode())
-        job.status = "done"
-    except Exception as exc:  # noqa: BLE001 - one bad pair must not stop the batch
-        job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+    if job.error is None:
+        try:
+            job.status = _run(job, options, dask_address)
+        except Exception as exc:  # noqa: BLE001 - one bad pair must not stop the batch
+            job.error = f"{type(exc).__name__}: {exc}"
     job.seconds = round(time.perf_counter() - start, 2)
-    return job
+    if job.error is None:
+        return job
+    job.status, job.output = "failed", None
+    return Failed(message=job.error, data=job)
+
+
+class BatchFailed(RuntimeError):
+    """Some jobs of a batch failed; ``report`` is the batch's report."""
+
+    def __init__(self, message: str, report: dict | None = None) -> None:
+        super().__init__(message)  # (the report is pickled with __dict__, not args)
+        self.report = report
+
+
+def _outcome(future: Any, job: BatchJob) -> BatchJob:
+    got = future.result(raise_on_failure=False)
+    if isinstance(got, BatchJob):
+        return got
+    # run_job itself broke (not the job's pipeline, which it catches)
+    return replace(job, status="failed", output=None, error=f"{type(got).__name__}: {got}")
 
 
 @flow(name="wav2lip-hq-batch", log_prints=True)
@@ -187,8 +293,12 @@ def batch(
     max_concurrent: Annotated[int, Field(ge=1, le=64)] = 2,
     options: dict[str, Any] | None = None,
     dask_workers: Annotated[int | None, Field(ge=0)] = None,
-) -> dict:
+    allowed_roots: list[str] | None = None,
+) -> dict | State:
     """Lip-sync every (audio, video) pair under an input prefix into an output prefix.
+
+    The run ends Failed ("k of N jobs failed") when any job failed, after every job ran and the
+    report was written.
 
     Args:
         input_prefix: Folder or bucket prefix holding the pairs, e.g. s3://media/incoming
@@ -200,13 +310,19 @@ def batch(
         options: Options of the wav2lip-hq flow applied to every job, e.g. {"upscale": 2}.
         dask_workers: Size of the local Dask cluster the jobs share (default: sized to the machine;
             0: no Dask).
+        allowed_roots: Other prefixes or URLs a manifest's audio and video may come from, e.g.
+            ["s3://media/voices"] (default: none; only files under the input prefix).
     """
     from flows import report
     from flows.runners import local_cluster, plan_local_cluster
 
+    for role, url in (("input_prefix", input_prefix), ("output_prefix", output_prefix), ("manifest", manifest),
+                      *(("allowed_roots", root) for root in allowed_roots or [])):
+        if url:
+            refuse_credentials_in_url(url, role)
     options = dict(options or {})
     RunOptions(**{k: v for k, v in options.items() if k != "dask_address"})  # every job's options, checked once
-    jobs = find_jobs(input_prefix, output_prefix, manifest)
+    jobs = find_jobs(input_prefix, output_prefix, manifest, allowed_roots)
     print(f"{len(jobs)} jobs under {redact(input_prefix)}")
     cluster = None
     dask_address = options.pop("dask_address", None)
@@ -217,21 +333,25 @@ def batch(
     if dask_workers == 0:
         options["dask_workers"] = 0
     try:
-        runner = ThreadPoolTaskRunner(max_workers=max_concurrent)
-        with runner:
+        with ThreadPoolTaskRunner(max_workers=max_concurrent) as runner:
             futures = [runner.submit(run_job, {"job": j, "options": options, "dask_address": dask_address})
                        for j in jobs]
-            done = [f.result() for f in futures]
+            done = [_outcome(f, j) for f, j in zip(futures, jobs)]
     finally:
         if cluster is not None:
             cluster.close()
     summary = {s: sum(j.status == s for j in done) for s in ("done", "skipped", "failed")}
     result = {"input_prefix": redact(input_prefix), "output_prefix": redact(output_prefix), **summary,
               "jobs": [asdict(j) for j in done]}
-    fs, path = url_to_fs(_join(output_prefix, REPORT_NAME))
+    report_url = _join(output_prefix, REPORT_NAME)
+    _make_parent(report_url)
+    fs, path = url_to_fs(report_url)
     fs.pipe_file(path, json.dumps(result, indent=1).encode())
     report.quietly(_table, result)
     print(f"batch: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed")
+    if summary["failed"]:
+        message = f"{summary['failed']} of {len(done)} jobs failed"
+        return Failed(message=message, data=BatchFailed(message, result))
     return result
 
 
@@ -239,5 +359,5 @@ def _table(result: dict) -> None:
     from prefect.artifacts import create_table_artifact
 
     rows = [{"job": j["name"], "status": j["status"], "output": j["output"] or "", "seconds": j["seconds"],
-             "error": (j["error"] or "")[:300]} for j in result["jobs"]]
+             "error": j["error"] or ""} for j in result["jobs"]]
     create_table_artifact(table=rows, key="batch-report", description="wav2lip-hq batch: one row per job")

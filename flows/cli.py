@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 from core.options import OptionError, add_cli_arguments, parse_options
 
@@ -80,7 +82,10 @@ def _models(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     # the local (ephemeral) Prefect server needs more than its default 20 s to start on small machines
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # the temporary server's telemetry fails offline and logs ERROR lines on successful runs
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from core.errors import InputError
+    from core.workarea import default_work_root
     from models.weights import GFPGAN_FILES, require
     from tasks.probe import check_inputs
 
@@ -91,10 +96,75 @@ def _run(args: argparse.Namespace) -> int:
         require(opts.checkpoint)
         if opts.enhance:
             require(GFPGAN_FILES[opts.gfpgan_version])
-        from flows.lipsync_hq import lipsync_hq
-
-        out = lipsync_hq(**inputs.model_dump(), **opts.model_dump())
     except (InputError, OptionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run_in_own_session({**inputs.model_dump(), **opts.model_dump()}, opts.work_dir or default_work_root(),
+                              inputs.output)
+
+
+EXIT_INTERRUPTED = 130
+
+
+def run_in_own_session(params: dict, work_root: str, output: str) -> int:
+    """Run the flow in a child process with a session of its own, and stop it at once on Ctrl-C.
+
+    Ctrl-C sends SIGINT to the terminal's whole process group: ffmpeg pipes, the temporary Prefect
+    server and Dask workers would each die their own way, the dead pipes would look like transient
+    failures and be retried, and the run would retry the stopped server for minutes. In its own
+    session the run sees no signal; this process kills it whole, removes what it left (temporary
+    files, the work area's unfinished directories, a partial output) and exits with one line.
+    """
+    import json
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+
+    from core.stage import remove_abandoned
+    from core.storage import is_remote
+
+    scratch = tempfile.mkdtemp(prefix="wav2lip-hq-run-")  # every temporary file of the run, Dask workers' too
+    child = subprocess.Popen([sys.executable, "-m", "flows.cli", "_flow"], stdin=subprocess.PIPE, text=True,
+                             env={**os.environ, "TMPDIR": scratch}, start_new_session=True)
+
+    def stop(signum, _frame) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child.pid, 0)  # not child.wait(): the interrupted main thread holds its lock
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not is_remote(work_root):
+            for stage_dir in Path(work_root).expanduser().glob("*"):
+                remove_abandoned(stage_dir, "*")
+        if not is_remote(output):
+            dest = Path(output).expanduser()
+            dest.with_name(f".{dest.name}.part").unlink(missing_ok=True)
+        os.write(2, f"error: interrupted ({signal.Signals(signum).name}): stopped; nothing was written to "
+                    f"{output} (the same command resumes)\n".encode())
+        os._exit(EXIT_INTERRUPTED)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        child.stdin.write(json.dumps(params))
+        child.stdin.close()
+        return child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _flow_child() -> int:
+    """The child of :func:`run_in_own_session`: the flow with the (validated) parameters on stdin."""
+    import json
+
+    from core.errors import InputError
+    from flows.lipsync_hq import lipsync_hq
+
+    try:
+        out = lipsync_hq(**json.load(sys.stdin))
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(out)
@@ -102,9 +172,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     # Prefect shows the run's logs; the HTTP client's per-request lines are noise
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["_flow"]:
+        return _flow_child()
+    args = build_parser().parse_args(argv)
     if args.command == "models":
         return _models(args)
     return _run(args)

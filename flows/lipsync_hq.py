@@ -7,13 +7,12 @@ Its parameters are defined once, in core/options.py.
 """
 from __future__ import annotations
 
-import os
-
 from prefect import flow
 from prefect.futures import as_completed
 
 from core.options import RunOptions, flow_parameters
 from core.products import Chunk, Product, SyncedVideo
+from core.workarea import default_work_root
 from flows import report
 from flows.runners import enhancement_runner
 from tasks import enhance_chunk
@@ -25,16 +24,6 @@ from tasks.final_mux import final_mux_task
 from tasks.lipsync import lipsync_task
 from tasks.probe import probe_task
 from tasks.split_video import split_video_task
-
-
-def default_work_root() -> str:
-    """``WAV2LIP_HQ_WORK_DIR`` or ``<user cache>/wav2lip-hq/work``."""
-    env = os.environ.get("WAV2LIP_HQ_WORK_DIR")
-    if env:
-        return env
-    from platformdirs import user_cache_dir
-
-    return os.path.join(user_cache_dir("wav2lip-hq"), "work")
 
 
 @flow(name="wav2lip-hq", log_prints=True)
@@ -54,22 +43,23 @@ def lipsync_hq(audio: str, video: str, output: str, **options) -> str:
                                                   "split_video": chunks, "extract_audio": audio_track}
     frames = list(chunks.chunks)
     if opts.enhance:
-        frames = enhance_chunks(frames, synced, opts, work)
+        frames = enhance_chunks(frames, synced, opts, work, output)
         stages["enhance_chunk"] = frames
     silent = combine_frames_task(frames, synced, opts, work, refresh)
     final = final_mux_task(silent, audio_track, job, work, refresh)
     stages.update(combine_frames=silent, final_mux=final)
 
-    report.stage_table(stages)
-    report.output_link(final.output)
+    report.stage_table(stages, output)
+    report.output_link(final.output, opts.enhance)
     frames_shown = report.quietly(report.middle_frames, video, final.video)
     if frames_shown:
         before, after, t = frames_shown
-        report.before_after(before, after, f"frame at {t:.2f} s")
+        report.before_after(before, after, f"frame at {t:.2f} s", output)
     return final.output
 
 
-def enhance_chunks(chunks: list[Chunk], synced: SyncedVideo, opts: RunOptions, work: str) -> list[Chunk]:
+def enhance_chunks(chunks: list[Chunk], synced: SyncedVideo, opts: RunOptions, work: str, output: str
+                   ) -> list[Chunk]:
     """Map enhancement over the chunks; the progress artifact moves as they finish.
 
     Chunks already finished in the work area resolve here at once; only the others go to the
@@ -77,7 +67,7 @@ def enhance_chunks(chunks: list[Chunk], synced: SyncedVideo, opts: RunOptions, w
     """
     import dask
 
-    progress = report.EnhanceProgress(len(chunks))
+    progress = report.EnhanceProgress(len(chunks), output)
     results: dict[int, Chunk] = {}
     pending = []
     for c in chunks:

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from core.products import Product
-from core.progress import get_logger
+from core.progress import Progress, get_logger
+from core.storage import is_remote, redact, url_to_fs
 
 
 def quietly(fn, *args, **kwargs):
@@ -19,46 +23,70 @@ def quietly(fn, *args, **kwargs):
         return None
 
 
-class EnhanceProgress:
-    """A progress artifact that moves as enhancement chunks finish."""
+def artifact_key(output: str, what: str) -> str:
+    """A per-job artifact key (jobs of a batch must not overwrite each other's): the output's name,
+    a short hash of its URL, and what the artifact shows."""
+    stem = re.sub(r"[^a-z0-9]+", "-", Path(redact(output)).stem.lower()).strip("-")[:40] or "job"
+    return f"{stem}-{hashlib.sha256(output.encode()).hexdigest()[:6]}-{what}"
 
-    def __init__(self, total: int) -> None:
+
+class EnhanceProgress:
+    """A progress artifact that moves as enhancement chunks finish, and one aggregate progress line in
+    the log at a time interval (not one per chunk)."""
+
+    def __init__(self, total: int, output: str) -> None:
         from prefect.artifacts import create_progress_artifact
 
         self.total, self.done = max(1, total), 0
-        self.id = quietly(create_progress_artifact, progress=0.0, key="enhancement-progress",
-                        description=f"GFPGAN enhancement: chunks done of {total}")
+        self.log = Progress("enhancement (GFPGAN)", total, unit="chunks", every=100.0)
+        self.id = quietly(create_progress_artifact, progress=0.0, key=artifact_key(output, "enhancement-progress"),
+                          description=f"Share of the {total} chunks whose faces GFPGAN has restored.")
 
     def step(self) -> None:
         from prefect.artifacts import update_progress_artifact
 
         self.done += 1
+        self.log.update()
         if self.id is not None:
             quietly(update_progress_artifact, artifact_id=self.id, progress=100.0 * self.done / self.total)
 
 
-def stage_table(stages: dict[str, Product | list[Product]]) -> None:
-    """A table artifact: each stage's time, output size, and whether it was reused from the work area."""
+def stage_table(stages: dict[str, Product | list[Product]], output: str) -> None:
+    """A table artifact: each stage's wall time and work time (they differ where chunks ran in
+    parallel), output size, and whether it was reused from the work area."""
     from prefect.artifacts import create_table_artifact
 
     rows = []
     for name, result in stages.items():
         items = result if isinstance(result, list) else [result]
-        rows.append({
-            "stage": name,
-            "seconds": round(sum(r.seconds for r in items if not r.reused), 2),
-            "MB": round(sum(r.bytes for r in items) / 1e6, 2),
-            "reused": f"{sum(r.reused for r in items)}/{len(items)}",
-        })
-    quietly(create_table_artifact, table=rows, key="stage-timings",
-          description="Stage times (this run's work only), output sizes, outputs reused from the work area")
+        ran = [r for r in items if not r.reused]
+        wall = max((r.started + r.seconds for r in ran), default=0.0) - min((r.started for r in ran), default=0.0)
+        rows.append({"stage": name, "wall seconds": round(wall, 2),
+                     "work seconds": round(sum(r.seconds for r in ran), 2),
+                     "MB": round(sum(r.bytes for r in items) / 1e6, 3),
+                     "reused": f"{len(items) - len(ran)}/{len(items)}"})
+    quietly(create_table_artifact, table=rows, key=artifact_key(output, "stage-timings"),
+            description="Each stage of this run: wall-clock and work seconds (chunks run in parallel, so their "
+                        "work can exceed the wall time), output size, and outputs reused from the work area.")
 
 
-def output_link(url: str) -> None:
-    from prefect.artifacts import create_link_artifact
+def output_link(url: str, enhanced: bool) -> None:
+    """Where the result is: a presigned HTTPS link for object storage, a copyable path for local files."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-    quietly(create_link_artifact, link=url if "://" in url else f"file://{url}", link_text=url,
-          key="output", description="The lip-synced, enhanced video")
+    what = "The lip-synced video, faces restored with GFPGAN" if enhanced else "The lip-synced video (no restoration)"
+    key = artifact_key(url, "output")
+    link = quietly(_presigned, url) if is_remote(url) else None
+    if link:
+        quietly(create_link_artifact, link=link, link_text=redact(url), key=key,
+                description=f"{what}; the link works for 7 days.")
+    else:
+        quietly(create_markdown_artifact, markdown=f"{what}:\n\n`{redact(url)}`", key=key, description=what)
+
+
+def _presigned(url: str, seconds: int = 7 * 24 * 3600) -> str:
+    fs, path = url_to_fs(url)
+    return fs.sign(path, expiration=seconds)
 
 
 def _thumb(frame: np.ndarray, width: int = 320) -> str:
@@ -68,13 +96,14 @@ def _thumb(frame: np.ndarray, width: int = 320) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpg.tobytes()).decode()
 
 
-def before_after(before: np.ndarray, after: np.ndarray, caption: str) -> None:
+def before_after(before: np.ndarray, after: np.ndarray, caption: str, output: str) -> None:
     """A markdown artifact with the same frame before (input) and after (output), side by side."""
     from prefect.artifacts import create_markdown_artifact
 
     md = (f"| before | after |\n|---|---|\n| ![before]({_thumb(before)}) | ![after]({_thumb(after)}) |\n\n"
           f"{caption}")
-    quietly(create_markdown_artifact, markdown=md, key="before-after", description="One frame, before and after")
+    quietly(create_markdown_artifact, markdown=md, key=artifact_key(output, "before-after"),
+            description="One frame of the input and of the output at the same time.")
 
 
 def middle_frames(video_url: str, output_path: str) -> tuple[np.ndarray, np.ndarray, float]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,12 +24,18 @@ def read_checkpoint(path: str | Path) -> Mapping:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only refuses pickled code objects; say so plainly instead of torch's long hint.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: not a plain tensor checkpoint (it carries a pickled Python payload that "
-            f"weights_only loading refuses to run): {first}"
-        ) from exc
+        # torch's message advises turning weights_only off, which must never be done for a file that
+        # carries code: name what was refused, or say it is not a checkpoint at all
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if refused:
+            raise CheckpointError(f"{path}: not a plain tensor checkpoint: it carries Python code "
+                                  f"({refused.group(1)}), which is never run") from None
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+            raise CheckpointError(f"{path}: not a plain tensor checkpoint: it is a pickle of Python objects, "
+                                  f"which are never loaded") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable content)") from None
     except Exception as exc:  # torch raises many kinds (KeyError, RuntimeError, EOFError...) on junk
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
     if not isinstance(obj, Mapping):

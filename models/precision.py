@@ -28,8 +28,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """The precision actually used on ``device``: ``auto`` resolved; bf16/fp16 mapped to what the
-    device runs (CPU autocast is bf16, CUDA autocast is fp16 unless bf16 is asked for)."""
+    """The precision actually used on ``device``: ``auto`` resolved (bf16 or fp32 on CPU, fp16 on
+    CUDA); fp16 on a CPU is an error."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     kind = torch.device(device).type
@@ -38,7 +38,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
             return "fp16"
         return "bf16" if kind == "cpu" and cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and kind == "cpu":
-        return "bf16"  # CPU autocast has no fast fp16 path
+        raise ValueError("precision fp16: CPUs have no fast fp16 autocast; use bf16, or auto")
     return precision
 
 

@@ -15,7 +15,7 @@ from core.storage import local_copy
 
 
 def combine_frames(chunks: Iterable[Chunk], width: int, height: int, fps: Fraction, out_path: str | Path,
-                   crf: int, preset: str, total: int | None = None) -> str:
+                   crf: int, preset: str, total: int | None = None, sar: Fraction = Fraction(1)) -> str:
     """Encode the chunks' frames (local paths), in the order given (which must be frame order), as one
     H.264 (yuv420p) stream at ``fps``.
 
@@ -24,7 +24,7 @@ def combine_frames(chunks: Iterable[Chunk], width: int, height: int, fps: Fracti
     """
     progress = Progress("encode", total or 1)
     expected = 0
-    with FrameWriter(out_path, width, height, fps, codec="h264", crf=crf, preset=preset) as writer:
+    with FrameWriter(out_path, width, height, fps, codec="h264", crf=crf, preset=preset, sar=sar) as writer:
         for c in chunks:
             if c.start != expected:
                 raise ValueError(f"chunks are not contiguous: frame {expected} missing before {c.path}")
@@ -43,7 +43,7 @@ def _key_inputs(chunks: list[Chunk], opts: RunOptions) -> dict:
             "preset": opts.preset}
 
 
-STAGE = Stage("combine_frames", version="1", product=SilentVideo, key_inputs=_key_inputs)
+STAGE = Stage("combine_frames", version="2", product=SilentVideo, key_inputs=_key_inputs)
 
 
 @STAGE.task
@@ -54,7 +54,8 @@ def combine_frames_task(chunks: list[Chunk], synced: SyncedVideo, opts: RunOptio
 
     def produce(out_dir: Path) -> SilentVideo:
         path = combine_frames(_local_chunks(chunks), synced.width * scale, synced.height * scale, synced.fps,
-                              out_dir / "video.mp4", opts.crf, opts.preset, total=synced.n_frames)
+                              out_dir / "video.mp4", opts.crf, opts.preset, total=synced.n_frames,
+                              sar=Fraction(synced.sar_num, synced.sar_den))
         return SilentVideo(video=path)
 
     return STAGE.run(work_root, produce, refresh, chunks=chunks, opts=opts)

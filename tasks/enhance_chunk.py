@@ -34,7 +34,8 @@ def enhance_chunk(chunk: Chunk, face_track: str, n_source: int, width: int, heig
     out_path = out_dir / Path(chunk.path).name
     u = opts.upscale
     face_batch = face_batch or (8 if device.type == "cuda" else 1)
-    progress = Progress(f"enhance chunk {chunk.index}", chunk.n_frames)
+    # the flow logs the chunks' aggregate progress; a chunk's own line comes at its end (or every 30 s)
+    progress = Progress(f"enhance chunk {chunk.index}", chunk.n_frames, every=100.0)
     pending: list[tuple[np.ndarray, list]] = []  # frames waiting for their faces' batch
     with FrameWriter(out_path, width * u, height * u, fps=25, codec="ffv1") as writer:
         for j, frame in enumerate(read_video_file_frames(chunk.path, width, height)):

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import torch
 
+from core.errors import InputError
 from core.media import AudioInfo, FrameWriter, VideoInfo, decode_audio, iter_frames, read_still
 from core.options import RunOptions
 from core.products import FaceDetections, Job, SyncedVideo
@@ -47,6 +48,9 @@ def lipsync(audio: AudioInfo, video: VideoInfo, detections: str | Path, out_dir:
                            f"{video.n_frames}: stale detections")
     track = build_track(dets, video, pads=opts.pads, smooth=opts.smooth, on_no_face=opts.on_no_face)
     n_src = track.n_frames
+    if not track.present.any() and len(dets.frame) and min(opts.pads) < 0:
+        raise InputError(f"pads {' '.join(map(str, opts.pads))}: they leave no face box in any frame where a face "
+                         f"was found; use smaller negative pads")
     if not track.present.any():
         log.warning("video %s: no face found in any frame; the output shows it unchanged", video.path)
     log.info("lip-sync: %d source frames -> %d output frames at %.3f fps (%s, %s)", n_src, n_out,
@@ -70,7 +74,8 @@ def lipsync(audio: AudioInfo, video: VideoInfo, detections: str | Path, out_dir:
     if writer.count != n_out:
         raise RuntimeError(f"lip-sync wrote {writer.count} frames, expected {n_out}")
     return SyncedVideo(video=str(out_path), face_track=str(faces_path), fps_num=video.fps_num,
-                       fps_den=video.fps_den, n_frames=n_out, n_source=n_src, width=video.width, height=video.height)
+                       fps_den=video.fps_den, n_frames=n_out, n_source=n_src, width=video.width, height=video.height,
+                       sar_num=video.sar_num, sar_den=video.sar_den)
 
 
 def _looped_frames(info: VideoInfo, n_src: int, n_out: int) -> Iterator[np.ndarray]:
@@ -141,7 +146,7 @@ def _key_inputs(job: Job, detections: FaceDetections, opts: RunOptions) -> dict:
             "device": device.type, "precision": resolve_precision(opts.precision, device)}
 
 
-STAGE = Stage("lipsync", version="1", product=SyncedVideo, key_inputs=_key_inputs)
+STAGE = Stage("lipsync", version="2", product=SyncedVideo, key_inputs=_key_inputs)
 
 
 @STAGE.task

@@ -2,26 +2,72 @@
 need of them (media facts, content hashes)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from core.errors import InputError
-from core.media import AudioInfo, VideoInfo, probe_audio, probe_video
+from core.media import AudioInfo, VideoInfo, check_frame_size, probe_audio, probe_video
 from core.options import RunOptions
 from core.products import Job
 from core.stage import pipeline_task
-from core.storage import check_output, local_copy
-from core.workarea import content_sha256
+from core.storage import (StorageUnreachableError, check_output, local_copy, redact, refuse_credentials_in_url,
+                          refuse_special_input)
+from core.workarea import check_work_area, content_sha256, default_work_root
+
+
+CONTAINERS = (".mp4", ".m4v", ".mov", ".mkv")  # hold H.264 video and AAC audio
 
 
 def check_inputs(audio: str, video: str, output: str, opts: RunOptions = RunOptions()
                  ) -> tuple[AudioInfo, VideoInfo]:
-    """Check the inputs and the output location; the inputs' media facts, naming them as given."""
-    check_output(output, [audio, video])
-    with local_copy(audio, "audio") as a:
-        audio_info = probe_audio(a, "audio")
-        if audio_info.duration <= 0:
-            raise InputError(f"audio {audio}: audio stream has zero length")
-    with local_copy(video, "video") as v:
-        video_info = probe_video(v, still_fps=opts.still_fps)
+    """Everything that can be known wrong before model work: the inputs, the output location, the work
+    area, the device and the options that depend on the machine. Returns the inputs' media facts,
+    naming them as given. Storage that cannot be reached is reported here once, not retried."""
+    for role, url in (("audio", audio), ("video", video), ("output", output), ("work_dir", opts.work_dir)):
+        if url:
+            refuse_credentials_in_url(url, role)
+    for role, url in (("audio", audio), ("video", video)):
+        refuse_special_input(url, role)
+    suffix = Path(output).suffix.lower()
+    if suffix and suffix not in CONTAINERS:
+        raise InputError(f"output {redact(output)}: a {suffix} file cannot hold the H.264 video and AAC audio; "
+                         f"use one of {', '.join(CONTAINERS)}")
+    check_device(opts)
+    try:
+        check_output(output, [audio, video])
+        check_work_area(opts.work_dir or default_work_root())
+        with local_copy(audio, "audio") as a:
+            audio_info = probe_audio(a, "audio")
+            if audio_info.duration <= 0:
+                raise InputError(f"audio {redact(audio)}: audio stream has zero length")
+        with local_copy(video, "video") as v:
+            video_info = probe_video(v, still_fps=opts.still_fps)
+    except StorageUnreachableError as exc:
+        raise InputError(str(exc)) from exc
+    scale = opts.upscale if opts.enhance else 1
+    check_frame_size(video_info.width * scale, video_info.height * scale, f"output {redact(output)} (--upscale {scale})")
     return audio_info.model_copy(update={"path": audio}), video_info.at(video)
+
+
+def check_device(opts: RunOptions) -> None:
+    """The device exists here, and the precision is one it runs."""
+    import torch
+
+    from models.checkpoint import resolve_device
+    from models.precision import resolve_precision
+
+    try:
+        device = resolve_device(opts.device)
+    except RuntimeError:
+        raise InputError(f"device {opts.device}: not a device name (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"device {opts.device}: no such CUDA device here ({torch.cuda.device_count()} visible); "
+                         f"use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"device {opts.device}: only cpu and cuda devices are supported")
+    try:
+        resolve_precision(opts.precision, device)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def probe(audio: str, video: str, output: str, opts: RunOptions = RunOptions()) -> Job:
@@ -30,8 +76,12 @@ def probe(audio: str, video: str, output: str, opts: RunOptions = RunOptions()) 
     Stages read the facts instead of probing again, each on its own local copy of the input.
     """
     audio_info, video_info = check_inputs(audio, video, output, opts)
-    return Job(audio=audio, video=video, output=output, audio_sha256=content_sha256(audio, "audio"),
-               video_sha256=content_sha256(video, "video"), audio_info=audio_info, video_info=video_info)
+    try:
+        hashes = content_sha256(audio, "audio"), content_sha256(video, "video")
+    except StorageUnreachableError as exc:
+        raise InputError(str(exc)) from exc
+    return Job(audio=audio, video=video, output=output, audio_sha256=hashes[0], video_sha256=hashes[1],
+               audio_info=audio_info, video_info=video_info)
 
 
 @pipeline_task("probe")

@@ -130,6 +130,17 @@ def face_clip(media_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny(media_dir) -> dict:
+    """A short face clip (8 frames at 25 fps) and 0.32 s of audio: a few GFPGAN faces only."""
+    clip = media_dir / "tiny.mp4"
+    audio = media_dir / "tiny.wav"
+    if not clip.exists():
+        make_face_clip(clip, 0.32, fps=25, size=256)
+        ffmpeg("-i", str(clip), "-vn", "-ac", "1", str(audio))
+    return {"video": str(clip), "audio": str(audio)}
+
+
+@pytest.fixture(scope="session")
 def portrait(media_dir) -> Path:
     path = media_dir / "astronaut.png"
     cv2.imwrite(str(path), astronaut_bgr())

@@ -70,7 +70,7 @@ def prefect(server, *args, timeout=300, env=None) -> subprocess.CompletedProcess
 def deployed(server, s3_server):
     prefect(server, "work-pool", "create", "wav2lip-hq", "--type", "process")
     prefect(server, "--no-prompt", "deploy", "--all",
-            env={"WAV2LIP_HQ_BATCH_INPUT": "s3://batch-in", "WAV2LIP_HQ_BATCH_OUTPUT": "s3://batch-out"})
+            env={"WAV2LIP_HQ_BATCH_INPUT": "s3://sched-in", "WAV2LIP_HQ_BATCH_OUTPUT": "s3://sched-out"})
     deployments = httpx.post(f"{server['api']}/deployments/filter", json={}).json()
     return {d["name"]: d for d in deployments}
 
@@ -82,7 +82,7 @@ def test_deployments_are_declared(deployed):
     assert all(p.get("description") for p in schema.values())  # every field of the UI form is explained
     assert schema["blend"]["maximum"] == 1.0 and schema["upscale"]["enum"] == [1, 2]
     batch = deployed["bucket-batch"]
-    assert batch["parameters"]["input_prefix"] == "s3://batch-in"
+    assert batch["parameters"]["input_prefix"] == "s3://sched-in"
     assert [s["schedule"]["cron"] for s in batch["schedules"]] == ["*/30 * * * *"]
 
 
@@ -122,21 +122,30 @@ def test_on_demand_deployment_with_its_defaults(server, deployed, models_dir, s3
     assert states == ["COMPLETED"], states
     assert s3.exists("dep-out/result.mp4") and s3.info("dep-out/result.mp4")["size"] > 1000
     assert s3.glob("dep-work/w/enhance_chunk/*/manifest.json")  # the S3 work area from the worker's setting
-    # the run's artifacts: timings table, output link, before/after picture, progress
-    arts = httpx.post(f"{server['api']}/artifacts/filter", json={}).json()
-    keys = {a["key"] for a in arts}
-    assert {"stage-timings", "output", "before-after", "enhancement-progress"} <= keys
-    progress = [a for a in arts if a["key"] == "enhancement-progress"]
-    assert progress and progress[-1]["data"] == 100.0
+    # the run's artifacts, keyed per job: timings table, output link, before/after picture, progress
+    from flows.report import artifact_key
+
+    arts = {a["key"]: a for a in httpx.post(f"{server['api']}/artifacts/filter", json={}).json()}
+    output = "s3://dep-out/result.mp4"
+    for what in ("stage-timings", "output", "before-after", "enhancement-progress"):
+        assert artifact_key(output, what) in arts, (what, sorted(arts))
+    assert arts[artifact_key(output, "enhancement-progress")]["data"] == 100.0
+    shown = arts[artifact_key(output, "output")]["data"]  # a markdown link: [text](address)
+    assert shown.startswith("[s3://dep-out/result.mp4](http"), shown
+    link = httpx.URL(shown[shown.index("](") + 2:-1])
+    # presigned (SigV4, 7 days) for the output object: a browser opens it. (The test S3 server checks
+    # credentials in headers only, so the link itself cannot be fetched from it.)
+    assert link.scheme.startswith("http") and link.path == "/dep-out/result.mp4"
+    assert link.params["X-Amz-Expires"] == "604800" and link.params["X-Amz-Signature"]
 
 
 def test_scheduled_batch_with_its_defaults(server, deployed, models_dir, s3_server, s3, tmp_path):
     """The bucket-batch deployment exactly as its schedule starts it: no parameter but those declared
     in prefect.yaml, a fresh worker process, the default local Dask cluster. The run must end
     Completed with its report written (it once failed when the cluster closed)."""
-    for b in ("batch-in", "batch-out"):
+    for b in ("sched-in", "sched-out"):
         s3.mkdir(b)
-    _put_tiny_pair(s3, tmp_path, "batch-in", "talk")
+    _put_tiny_pair(s3, tmp_path, "sched-in", "talk")
     prefect(server, "deployment", "run", "wav2lip-hq-batch/bucket-batch")
     prefect(server, "worker", "start", "--pool", "wav2lip-hq", "--run-once", timeout=900,
             env=_worker_env(models_dir, s3_server, tmp_path / "work"))
@@ -144,9 +153,9 @@ def test_scheduled_batch_with_its_defaults(server, deployed, models_dir, s3_serv
     # (a cron slot falling due during the test adds a second, identical run: it must complete too)
     ran = [fr["state"] for fr in runs if fr["state"]["type"] not in ("SCHEDULED", "PENDING")]
     assert ran and all(st["type"] == "COMPLETED" for st in ran), [(st["type"], st["message"]) for st in ran]
-    report = json.loads(s3.cat("batch-out/wav2lip-hq-report.json"))
+    report = json.loads(s3.cat("sched-out/wav2lip-hq-report.json"))
     assert (report["done"], report["failed"]) == (1, 0), report
-    assert s3.info("batch-out/talk.mp4")["size"] > 1000
+    assert s3.info("sched-out/talk.mp4")["size"] > 1000
     arts = httpx.post(f"{server['api']}/artifacts/filter", json={}).json()
     assert "batch-report" in {a["key"] for a in arts}
 

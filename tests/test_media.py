@@ -158,3 +158,24 @@ def test_frame_count_demux(tmp_path):
         for f in index_frames(9, 32, 32):
             w.write(f)
     assert count_frames(path) == 9
+
+
+def test_lossless_intermediates_hold_frames_above_20_megapixels(tmp_path):
+    """8K video, 24 MP photos, 4K upscaled 2x: the FFV1 encoder must accept them (a fixed slice count
+    was refused above ~19 MP) and keep every pixel."""
+    rng = np.random.default_rng(3)
+    frame = np.zeros((4000, 6000, 3), np.uint8)
+    frame[::97, ::89] = rng.integers(0, 255, frame[::97, ::89].shape, np.uint8)
+    with FrameWriter(tmp_path / "big.mkv", 6000, 4000, Fraction(25), codec="ffv1") as w:
+        w.write(frame)
+    (back,) = list(read_video_file_frames(tmp_path / "big.mkv", 6000, 4000))
+    assert np.array_equal(back, frame)
+
+
+def test_an_encoder_that_refuses_its_settings_is_not_retried(tmp_path):
+    from core.errors import EncoderError, is_retryable
+
+    with pytest.raises(EncoderError) as err:
+        with FrameWriter(tmp_path / "odd.mp4", 64, 64, Fraction(25), codec="h264", preset="nonexistent") as w:
+            w.write(np.zeros((64, 64, 3), np.uint8))
+    assert not is_retryable(err.value)

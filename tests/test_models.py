@@ -91,7 +91,22 @@ def test_pickle_payload_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": Payload()}, f)
-    with pytest.raises(CheckpointError, match="not a plain tensor checkpoint"):
+    with pytest.raises(CheckpointError, match=r"not a plain tensor checkpoint: it is a pickle") as err:
+        load_wav2lip(path)
+    assert "weights_only" not in str(err.value)  # torch's advice to turn it off is not repeated
+
+
+def test_code_in_a_torch_save_file_is_named_and_never_run(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": Payload()}, path)
+    with pytest.raises(CheckpointError, match=r"it carries Python code \(print\), which is never run"):
+        load_wav2lip(path)
+
+
+def test_random_bytes_are_not_called_a_payload(tmp_path):
+    path = tmp_path / "noise.pth"
+    path.write_bytes(np.random.default_rng(1).bytes(4096))
+    with pytest.raises(CheckpointError, match=r"noise.pth: not a PyTorch checkpoint \(unreadable content\)"):
         load_wav2lip(path)
 
 

@@ -1,4 +1,4 @@
-"""Orchestration: content-keyed caching and resume, retries, Dask workers, S3 end to end, batch."""
+"""Orchestration: content-keyed caching and resume, retries, Dask workers, S3 end to end (batch: test_batch.py)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import fsspec
@@ -16,18 +17,7 @@ import torch
 from fsspec.implementations.memory import MemoryFileSystem
 
 from core.errors import InputError
-from tests.conftest import REPO, ffmpeg, make_face_clip
-
-
-@pytest.fixture(scope="module")
-def tiny(media_dir) -> dict:
-    """A short face clip (8 frames at 25 fps) and 0.32 s of audio: a few GFPGAN faces only."""
-    clip = media_dir / "tiny.mp4"
-    audio = media_dir / "tiny.wav"
-    if not clip.exists():
-        make_face_clip(clip, 0.32, fps=25, size=256)
-        ffmpeg("-i", str(clip), "-vn", "-ac", "1", str(audio))
-    return {"video": str(clip), "audio": str(audio)}
+from tests.conftest import REPO, ffmpeg
 
 
 # ---------------------------------------------------------------------------------- cache keys
@@ -266,51 +256,6 @@ def test_s3_end_to_end_on_two_dask_workers(prefect_server, models_dir, tiny, s3)
     assert len(workers) == 2, workers  # both Dask worker processes enhanced chunks
 
 
-# ---------------------------------------------------------------------------------- batch
-def test_batch_three_good_one_bad_then_idempotent(prefect_server, models_dir, tiny, portrait, s3):
-    from flows.batch import REPORT_NAME, batch
-
-    s3.mkdir("batch-in")
-    s3.mkdir("batch-out")
-    for name in ("alice", "bob"):
-        s3.put_file(tiny["audio"], f"batch-in/{name}.wav")
-        s3.put_file(tiny["video"], f"batch-in/{name}.mp4")
-    s3.put_file(tiny["audio"], "batch-in/nested/carol.wav")
-    s3.put_file(str(portrait), "batch-in/nested/carol.png")
-    s3.pipe("batch-in/dave.mp3", b"this is not audio at all")
-    s3.put_file(tiny["video"], "batch-in/dave.mp4")
-
-    result = batch(input_prefix="s3://batch-in", output_prefix="s3://batch-out", max_concurrent=2,
-                   options={"enhance": False}, dask_workers=0)
-    assert (result["done"], result["skipped"], result["failed"]) == (3, 0, 1)
-    bad = next(j for j in result["jobs"] if j["status"] == "failed")
-    assert bad["name"] == "dave" and "audio s3://batch-in/dave.mp3: not a media file" in bad["error"]
-    for key in ("batch-out/alice.mp4", "batch-out/bob.mp4", "batch-out/nested/carol.mp4"):
-        assert s3.exists(key)
-    assert not s3.exists("batch-out/dave.mp4")
-    saved = json.loads(s3.cat(f"batch-out/{REPORT_NAME}"))
-    assert saved["failed"] == 1 and {j["name"] for j in saved["jobs"]} == {"alice", "bob", "nested/carol", "dave"}
-
-    before = {k: s3.info(k)["LastModified"] for k in s3.find("batch-out") if k.endswith(".mp4")}
-    again = batch(input_prefix="s3://batch-in", output_prefix="s3://batch-out", options={"enhance": False},
-                  dask_workers=0)
-    assert (again["done"], again["skipped"], again["failed"]) == (0, 3, 1)
-    after = {k: s3.info(k)["LastModified"] for k in s3.find("batch-out") if k.endswith(".mp4")}
-    assert after == before
-
-
-def test_output_names_cannot_escape_the_prefix():
-    from flows.batch import safe_output
-
-    assert safe_output("s3://out", "a/b") == "s3://out/a/b.mp4"
-    assert safe_output("s3://out", "we ird$name") == "s3://out/we_ird_name.mp4"
-    assert safe_output("/data/out", ".hidden") == "/data/out/hidden.mp4"
-    for evil in ("../x", "a/../../x", "/", "..", "a/../.."):
-        with pytest.raises(ValueError):
-            safe_output("s3://out", evil)
-    assert safe_output("s3://out", "/abs/path").startswith("s3://out/")
-
-
 def test_local_cluster_is_sized_to_the_machine(monkeypatch):
     from flows.runners import plan_local_cluster, worker_env
 
@@ -370,3 +315,80 @@ def test_local_cluster_in_a_fresh_process_leaves_dask_config_whole():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith("True")
+
+
+def test_report_keys_are_per_job_and_the_table_tells_wall_from_work():
+    from core.products import Chunk
+    from flows.report import artifact_key
+
+    a, b = artifact_key("s3://out/talk.mp4", "output"), artifact_key("s3://out/other/talk.mp4", "output")
+    assert a != b and a.startswith("talk-") and a.endswith("-output")
+    assert artifact_key("s3://KEY:SECRET@b/x.mp4", "output").startswith("x-")  # no credentials in keys
+    assert all(c.islower() or c.isdigit() or c == "-" for c in a)
+    # two chunks run side by side for 10 s each: 10 s of wall time, 20 s of work
+    chunks = [Chunk(path="c", index=i, start=i, n_frames=1, started=100.0 + i, seconds=10.0) for i in range(2)]
+    import flows.report as report
+
+    captured = {}
+    original = report.quietly
+    report.quietly = lambda fn, **kw: captured.update(kw)
+    try:
+        report.stage_table({"enhance_chunk": chunks}, "s3://out/talk.mp4")
+    finally:
+        report.quietly = original
+    row = captured["table"][0]
+    assert (row["wall seconds"], row["work seconds"], row["reused"]) == (11.0, 20.0, "0/2")
+
+
+def test_a_killed_run_s_temporary_directory_is_removed_by_the_next_run(tmp_path):
+    """Temporary directories of dead processes on this host go; a live run's and another host's stay."""
+    import socket
+
+    from tests.test_storage_s3 import DEMO, Demo
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    key, host = DEMO.key(a=1), socket.gethostname()
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    left = {name: folder / f".{key}.{name}.x1" for name in (f"{host}-{dead.pid}", f"{host}-{os.getpid()}",
+                                                            f"elsewhere-{dead.pid}")}
+    for d in left.values():
+        (d / "partial").mkdir(parents=True)
+
+    def produce(out_dir):
+        (out_dir / "x.txt").write_text("done")
+        return Demo(file=str(out_dir / "x.txt"), files=())
+
+    DEMO.run(str(tmp_path), produce, a=1)
+    assert not left[f"{host}-{dead.pid}"].exists()
+    assert left[f"{host}-{os.getpid()}"].exists() and left[f"elsewhere-{dead.pid}"].exists()
+
+
+def test_non_square_pixels_keep_their_shape(models_dir, tiny, tmp_path):
+    """An anamorphic input (pixels 4:3 wide) gives an output shown at the same shape."""
+    import av
+
+    from flows.lipsync_hq import lipsync_hq
+
+    wide = tmp_path / "anamorphic.mp4"
+    ffmpeg("-i", tiny["video"], "-vf", "setsar=4/3", "-c:v", "libx264", "-crf", "12", str(wide))
+    out = tmp_path / "out.mp4"
+    lipsync_hq(audio=tiny["audio"], video=str(wide), output=str(out), enhance=False,
+               work_dir=str(tmp_path / "work"), dask_workers=0)
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].sample_aspect_ratio == Fraction(4, 3)
+
+
+def test_the_same_content_to_another_container_is_that_container(models_dir, tiny, tmp_path):
+    """The final mux is keyed on the output's container: a re-run to .mkv never publishes MP4 bytes."""
+    from flows.lipsync_hq import lipsync_hq
+
+    for name in ("out.mp4", "out.mkv", "out.mov"):
+        lipsync_hq(audio=tiny["audio"], video=tiny["video"], output=str(tmp_path / name), enhance=False,
+                   work_dir=str(tmp_path / "work"), dask_workers=0)
+    assert (tmp_path / "out.mkv").read_bytes()[:4] == b"\x1a\x45\xdf\xa3"        # Matroska (EBML)
+    assert (tmp_path / "out.mp4").read_bytes()[4:8] == b"ftyp"
+    assert (tmp_path / "out.mov").read_bytes()[4:12] in (b"ftypqt  ", b"wide\x00\x00\x00\x08")
+    assert len(list((tmp_path / "work" / "final_mux").glob("*/manifest.json"))) == 3
+    assert len(list((tmp_path / "work" / "lipsync").glob("*/manifest.json"))) == 1  # the rest reused

@@ -267,3 +267,37 @@ def test_cli_help_explains_every_option():
                 "--on-no-face", "--fps", "--pads", "--no-smooth", "--detector", "--crf", "--precision",
                 "--device", "--work-dir", "--chunk-frames", "--batch-size", "--no-enhance", "--preset"]:
         assert opt in r.stdout
+
+
+def test_ctrl_c_stops_the_run_within_seconds_and_leaves_nothing(models_dir, tmp_path, speech_2s, clip):
+    """Ctrl-C in a terminal signals the whole process group: one line, exit 130, no retries, nothing at
+    the output, no temporary files in the work area or the temporary folder, no process left."""
+    import signal
+    import tempfile
+    import time
+
+    import psutil
+
+    out, work = tmp_path / "out.mp4", tmp_path / "work"
+    scratch_before = set(Path(tempfile.gettempdir()).glob("wav2lip-hq-run-*"))
+    exe = Path(sys.executable).with_name("wav2lip-hq")
+    proc = subprocess.Popen([str(exe), "run", "--audio", str(speech_2s), "--video", str(clip), "-o", str(out),
+                             "--work-dir", str(work), "--chunk-frames", "2", "--dask-workers", "0"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own group, as a terminal's job is
+    deadline = time.monotonic() + 300
+    while not list(work.glob("enhance_chunk/.*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # until a chunk is being enhanced: ffmpeg pipes, model work, a temporary directory
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 20
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("error: interrupted (SIGINT): stopped")
+    assert not out.exists() and not list(tmp_path.glob(".out.mp4*"))
+    assert [p for p in work.rglob(".*") if p.name != "manifest.json"] == []  # no unfinished directories
+    assert set(Path(tempfile.gettempdir()).glob("wav2lip-hq-run-*")) == scratch_before
+    time.sleep(1)
+    assert [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []

@@ -97,7 +97,8 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert precision.resolve_precision("auto", "cpu") == "fp32"  # emulated bf16 is slower than fp32
     assert precision.resolve_precision("auto", "cuda") == "fp16"
-    assert precision.resolve_precision("fp16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="CPUs have no fast fp16"):
+        precision.resolve_precision("fp16", "cpu")  # refused, never silently bf16
     assert precision.resolve_precision("fp32", "cuda") == "fp32"
     with pytest.raises(ValueError, match="precision must be one of"):
         precision.resolve_precision("int8", "cpu")
