@@ -245,9 +245,9 @@ def read_still(path: str, role: str = "video") -> np.ndarray:
     return img
 
 
-def _video_stream(info: VideoInfo):
+def _video_stream(info: VideoInfo, **input_args):
     """The first video stream of ``info``'s file at ``info.fps`` (VFR resampled by its timestamps)."""
-    video = ffmpeg.input(info.path)["v:0"]
+    video = ffmpeg.input(info.path, **input_args)["v:0"]
     return video.filter("fps", fps=f"{info.fps_num}/{info.fps_den}") if info.vfr else video
 
 
@@ -290,9 +290,7 @@ def frame_at(info: VideoInfo, seconds: float) -> np.ndarray:
     """The frame shown at ``seconds`` (a fast seek: no decoding from the start)."""
     if info.is_still:
         return read_still(info.path)
-    video = ffmpeg.input(info.path, ss=f"{max(0.0, seconds):.3f}")["v:0"]
-    if info.vfr:
-        video = video.filter("fps", fps=f"{info.fps_num}/{info.fps_den}")
+    video = _video_stream(info, ss=f"{max(0.0, seconds):.3f}")
     frames = list(_read_raw(video, info.width, info.height, info.path, **{"frames:v": 1}))
     if not frames:
         raise InputError(f"video {info.path}: no frame at {seconds:.2f} s")

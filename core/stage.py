@@ -33,14 +33,13 @@ def _owner() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def remove_abandoned(folder: Path, key: str, also_pid: int | None = None) -> None:
+def remove_abandoned(folder: Path, key: str) -> None:
     """Remove the temporary directories of ``key`` (``*``: any) left by killed runs of this host (their
-    process is gone, or is ``also_pid``, which is stopping); those of live runs, and of other hosts
-    sharing the folder, are left alone."""
+    process is gone); those of live runs, and of other hosts sharing the folder, are left alone."""
     host = socket.gethostname()
     for tmp in folder.glob(f".{key}.{host}-*.*"):
         pid = tmp.name.split(f".{host}-", 1)[1].split(".", 1)[0]
-        if pid.isdigit() and (int(pid) == also_pid or not _alive(int(pid))):
+        if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -160,11 +160,8 @@ def check_output(url: str, inputs: list[str]) -> None:
             raise InputError(f"output {url}: is a directory; give a file name such as {out / 'out.mp4'}")
         if not parent.is_dir():
             raise InputError(f"output {url}: its directory {parent} does not exist")
-        try:  # a real write: permission bits say nothing about read-only mounts or root
-            with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".probe"):
-                pass
-        except OSError as exc:
-            raise InputError(f"output {url}: its directory {parent} is not writable ({exc.strerror})") from exc
+        if (why := not_writable(parent)) is not None:
+            raise InputError(f"output {url}: its directory {parent} is not writable ({why})")
         return
     if url in inputs:
         raise InputError(f"output {redact(url)}: is the same object as an input; choose another output URL")
@@ -183,12 +180,26 @@ def check_bucket(url: str, role: str) -> None:
                 from None
 
 
+def not_writable(folder: Path) -> str | None:
+    """Why nothing can be written in ``folder``, or None. A real write: permission bits say nothing
+    about read-only mounts or root."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".wav2lip-hq-probe."):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def _special(path: Path) -> bool:
+    """An existing pipe, device or socket: neither a regular file nor a folder."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 def refuse_special_input(url: str, role: str) -> None:
     """A local input must be a regular file: a pipe or device cannot be read twice (probe, then stages)."""
     if is_remote(url):
         return
-    path = Path(_strip_file_scheme(str(url))).expanduser()
-    if path.exists() and not path.is_file() and not path.is_dir():
+    if _special(Path(_strip_file_scheme(str(url))).expanduser()):
         raise InputError(f"{role} {url}: is not a regular file (a pipe, device or socket); save it to a file first")
 
 
@@ -199,7 +210,7 @@ def refuse_special_output(url: str) -> None:
     if path.is_symlink():
         raise InputError(f"output {url}: is a symbolic link; give the path of a regular file (links are never "
                          f"replaced)")
-    if path.exists() and not path.is_file() and not path.is_dir():
+    if _special(path):
         raise InputError(f"output {url}: exists and is not a regular file (a device, FIFO or socket); "
                          f"give the path of a regular file")
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import posixpath
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ def default_work_root() -> str:
 
 def check_work_area(root: str) -> None:
     """Fail early when the work area cannot hold stage outputs: a file, unwritable, a missing bucket."""
-    from core.storage import check_bucket
+    from core.storage import check_bucket, not_writable
 
     if is_remote(root):
         check_bucket(root, "work_dir")
@@ -65,11 +64,8 @@ def check_work_area(root: str) -> None:
     existing = next(p for p in (path, *path.parents) if p.exists())  # nothing is created before the run
     if not existing.is_dir():
         raise InputError(f"work_dir {root}: {existing} is a file, not a folder")
-    try:  # a real write: permission bits say nothing about read-only mounts or root
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".wav2lip-hq-probe."):
-            pass
-    except OSError as exc:
-        raise InputError(f"work_dir {root}: cannot write in {existing} ({exc.strerror})") from exc
+    if (why := not_writable(existing)) is not None:
+        raise InputError(f"work_dir {root}: cannot write in {existing} ({why})")
 
 
 def stage_key(stage: str, version: str, **parts: Any) -> str:
