@@ -21,15 +21,16 @@ from typing import Any
 import numpy as np
 
 
-def count_faces(face_track: str, n_frames: int, n_source: int) -> int:
-    """Faces the enhancer restores over ``n_frames`` output frames (same rule as tasks.enhance_chunk)."""
-    from models.face_track import FaceTrack
+def count_faces(synced, n_frames: int, restore: str = "all") -> int:
+    """Faces the enhancer restores over the first ``n_frames`` output frames of ``synced`` (a
+    SyncedVideo; same rule as tasks.enhance_chunk)."""
+    from models.face_track import FaceTrack, source_index
     from models.restorer import MIN_EYE_DISTANCE, eye_distance
 
-    track = FaceTrack.load(face_track)
-    per_src = np.array([sum(eye_distance(lm) >= MIN_EYE_DISTANCE for lm in track.faces_at(i))
+    track = FaceTrack.load(synced.face_track)
+    per_src = np.array([sum(eye_distance(lm) >= MIN_EYE_DISTANCE for lm in track.faces_at(i, restore == "speaker"))
                         for i in range(track.n_frames)])
-    return int(sum(per_src[i % n_source] for i in range(n_frames)))
+    return int(sum(per_src[source_index(i, synced.n_source, synced.loop)] for i in range(n_frames)))
 
 
 @contextmanager
@@ -128,7 +129,7 @@ def run_ours(audio: str, video: str, out: str | Path, tmp: str | Path, precision
     enhanced_frames = sum(c.n_frames for c in chunks[:n_enh])
     return {"times": times, "total": sum(times.values()), "frames": synced.n_frames,
             "enhanced_frames": enhanced_frames,
-            "faces": count_faces(synced.face_track, enhanced_frames, synced.n_source),
+            "faces": count_faces(synced, enhanced_frames, opts.restore),
             "size": [synced.width, synced.height], "precision": precision, "chunks": len(chunks),
             "enhanced_chunks": n_enh, "peak_after_stage_mib": hwm}
 

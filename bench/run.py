@@ -487,7 +487,7 @@ def bench_scaling(cfg: Config, tmp: Path, table: Table, precision: str, out: dic
     job = probe_task.fn(audio, video, str(tmp / "scale.mp4"), opts)
     synced = lipsync_task.fn(job, detect_faces_task.fn(job, opts, work), opts, work)
     chunks = list(split_video_task.fn(synced, opts, work).chunks)
-    faces = count_faces(synced.face_track, synced.n_frames, synced.n_source)
+    faces = count_faces(synced, synced.n_frames, opts.restore)
     res = {}
     for workers, threads in ((1, 1), (2, 1), (1, 2)):  # each in a new work area: no chunk is reused
         res[f"{workers}x{threads}"] = enhance_throughput(

@@ -339,6 +339,10 @@ class FrameWriter:
             self._fail()
         self.count += 1
 
+    def write_all(self, frames: list[np.ndarray]) -> None:
+        for frame in frames:
+            self.write(frame)
+
     def _fail(self) -> None:
         err = self.proc.stderr.read()
         self.proc.wait()

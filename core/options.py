@@ -10,7 +10,7 @@ import argparse
 import inspect
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
 
@@ -36,11 +36,12 @@ class RunOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    checkpoint: Literal["wav2lip_gan.pth", "wav2lip.pth"] = option(
-        "wav2lip_gan.pth", "Wav2Lip weights: wav2lip_gan.pth (sharper, GAN-trained) or wav2lip.pth (sync "
-        "expert only).")
-    gfpgan_version: Literal["1.4", "1.3"] = option(
-        "1.4", "Face restorer weights: GFPGAN v1.4 or v1.3.", flag="--gfpgan")
+    checkpoint: str = option(
+        "wav2lip_gan.pth", "Wav2Lip weights: wav2lip_gan.pth (sharper, GAN-trained), wav2lip.pth (sync expert "
+        "only), or the path or URL of your own checkpoint in the official layout (e.g. fine-tuned).", min_length=1)
+    gfpgan: str = option(
+        "1.4", "Face restorer weights: 1.4, 1.3 (GFPGAN releases), or the path or URL of a checkpoint in the "
+        "GFPGAN v1.3/v1.4 layout.", min_length=1)
     blend: float = option(1.0, "Restoration strength: 1 = restored face only, 0 = the lip-synced face unchanged.",
                           ge=0.0, le=1.0)
     upscale: Literal[1, 2] = option(1, "Output size factor (1 or 2); the background is upscaled with Lanczos.")
@@ -52,7 +53,23 @@ class RunOptions(BaseModel):
         "pass", "Frames without a face: pass keeps them unchanged, fail stops with an error naming the first one.")
     pads: tuple[int, int, int, int] = option(
         (0, 10, 0, 0), "Pixels added to the detected face box: top, bottom, left, right (bottom 10 keeps the chin).")
-    smooth: bool = option(True, "Average face boxes over 5 frames (a steadier mouth region).", flag="--no-smooth")
+    smooth: bool = option(True, "Steady faces: each face track's box and landmarks are smoothed over time "
+                          "(centred Savitzky-Golay, never across a shot cut); off uses raw detections.",
+                          flag="--no-smooth")
+    mask: Literal["feather", "box"] = option(
+        "feather", "How the lip-synced mouth is blended in: feather (mouth and chin generated, edges faded: no "
+        "seam) or box (the reference's paste of the whole box).")
+    face: str = option(
+        "auto", "Which face is lip-synced: auto (the face on screen longest), largest, center, a track number N "
+        "(see wav2lip-hq faces), or a point X,Y in pixels inside the face; chosen per shot, never switching.")
+    restore: Literal["all", "speaker"] = option(
+        "all", "Faces GFPGAN restores: all faces, or only the lip-synced speaker.")
+    loop: Literal["pingpong", "forward"] = option(
+        "pingpong", "When the audio outlasts the video: pingpong (play it backward, then forward: no jump) or "
+        "forward (start again from the first frame).")
+    box: tuple[int, int, int, int] | None = option(
+        None, "Lip-sync inside this fixed region in every frame instead of the detected face: top bottom left "
+        "right, in pixels (the reference's --box).")
     detector: Literal["centerface", "s3fd"] = option(
         "centerface", "Face detector: centerface (ships with the package) or s3fd (the reference's; needs "
         "s3fd-619a316812.pth).")
@@ -77,6 +94,25 @@ class RunOptions(BaseModel):
         "$WAV2LIP_HQ_DASK_ADDRESS, else a local cluster sized to the machine).")
     dask_workers: int | None = option(
         None, "Workers of the local Dask cluster (default: one per core or GPU; 0: no Dask).", ge=0)
+
+
+    @field_validator("face")
+    @classmethod
+    def _face(cls, value: str) -> str:
+        from models.face_track import parse_face
+
+        parse_face(value)
+        return value.strip().replace(" ", "")
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, value: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if value is not None:
+            top, bottom, left, right = value
+            if min(value) < 0 or bottom - top < 2 or right - left < 2:
+                raise ValueError("top bottom left right in pixels, with top < bottom and left < right "
+                                 "(at least 2 pixels apart)")
+        return value
 
 
 PARAMETERS: dict[str, FieldInfo] = {**JobInputs.model_fields, **RunOptions.model_fields}
@@ -108,14 +144,19 @@ def cli_flags(name: str) -> list[str]:
     return str(extra.get("flag") or "--" + name.replace("_", "-")).split("/")
 
 
-def _parse_pads(text: str) -> tuple[int, ...]:
-    try:
-        parts = tuple(int(p) for p in text.replace(",", " ").split())
-    except ValueError:
-        parts = ()
-    if len(parts) != 4:
-        raise argparse.ArgumentTypeError("pads take four integers: top bottom left right")
-    return parts
+def _four_ints(what: str):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            parts = tuple(int(p) for p in text.replace(",", " ").split())
+        except ValueError:
+            parts = ()
+        if len(parts) != 4:
+            raise argparse.ArgumentTypeError(f"four integers: {what}")
+        return parts
+    return parse
+
+
+FOUR_INTS = {"pads": "top bottom left right", "box": "top bottom left right"}
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
@@ -130,8 +171,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser, names: list[str] | None =
             kwargs["action"] = "store_false" if negated else "store_true"
             if negated:
                 kwargs["help"] = "turn off (on by default): " + kwargs["help"]
-        elif name == "pads":
-            kwargs.update(type=_parse_pads, metavar="'T B L R'")
+        elif name in FOUR_INTS:
+            kwargs.update(type=_four_ints(FOUR_INTS[name]), metavar="'TOP BOTTOM LEFT RIGHT'")
         elif choices:
             kwargs.update(choices=choices, type=type(choices[0]))
         else:
@@ -145,17 +186,22 @@ def add_cli_arguments(parser: argparse.ArgumentParser, names: list[str] | None =
         parser.add_argument(*flags, **kwargs)
 
 
-def parse_options(args: argparse.Namespace) -> tuple[JobInputs, RunOptions]:
-    """Validate the parsed flags with the same rules as the flow; :class:`OptionError` names the flag."""
+def parse_options(args: argparse.Namespace) -> tuple[JobInputs | None, RunOptions]:
+    """Validate the parsed flags with the same rules as the flow; :class:`OptionError` names the flag.
+
+    A command that takes only some of the options gets the defaults of the others, and no
+    :class:`JobInputs` unless it takes all of them."""
     values = vars(args)
     try:
-        inputs = JobInputs(**{k: values[k] for k in JobInputs.model_fields})
-        opts = RunOptions(**{k: values[k] for k in RunOptions.model_fields})
+        has_inputs = all(k in values for k in JobInputs.model_fields)
+        inputs = JobInputs(**{k: values[k] for k in JobInputs.model_fields}) if has_inputs else None
+        opts = RunOptions(**{k: values[k] for k in RunOptions.model_fields if k in values})
     except ValidationError as exc:
         err = exc.errors()[0]
         name = str(err["loc"][0]) if err["loc"] else ""
         flag = cli_flags(name)[-1] if name in PARAMETERS else name
-        raise OptionError(f"{flag}: {err['msg']} (got {_show(err.get('input'))})") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise OptionError(f"{flag}: {msg} (got {_show(err.get('input'))})") from None
     return inputs, opts
 
 

@@ -44,6 +44,7 @@ class FaceDetections(Product):
     detections: str
     n_frames: int
     faces: int
+    cuts: int = 0           # shot cuts found
 
 
 class SyncedVideo(Product):
@@ -54,11 +55,14 @@ class SyncedVideo(Product):
     fps_num: int
     fps_den: int
     n_frames: int           # output frames (they cover the audio)
-    n_source: int           # frames of the input video (output frame i shows source frame i % n_source)
+    n_source: int           # frames of the input video
+    loop: str = "forward"   # which source frame each output frame shows (models.face_track.source_index)
     width: int
     height: int
     sar_num: int = 1        # the input's sample aspect ratio, for the final encode
     sar_den: int = 1
+    tracks: int = 0         # face tracks found
+    frames_without_face: int = 0  # source frames with no face to lip-sync
 
     @property
     def fps(self) -> Fraction:

@@ -51,10 +51,14 @@ def lipsync_hq(audio: str, video: str, output: str, **options) -> str:
 
     report.stage_table(stages, output)
     report.output_link(final.output, opts.enhance)
-    frames_shown = report.quietly(report.middle_frames, video, final.video)
+    report.faces_summary(detections, synced, output)
+    frames_shown = report.quietly(report.middle_frames, video, synced, final.video)
     if frames_shown:
-        before, after, t = frames_shown
-        report.before_after(before, after, f"frame at {t:.2f} s", output)
+        frames, t = frames_shown
+        labels = ["source", f"lip-synced (--mask {opts.mask})", "final" + (" (restored)" if opts.enhance else "")]
+        image = report.quietly(report.side_by_side, frames, labels)
+        if image is not None:
+            report.before_after(image, f"frame at {t:.2f} s", output)
     return final.output
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.products import Product
+from core.products import FaceDetections, Product, SyncedVideo
 from core.progress import Progress, get_logger
 from core.storage import is_remote, redact, url_to_fs
 
@@ -96,26 +96,63 @@ def _thumb(frame: np.ndarray, width: int = 320) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpg.tobytes()).decode()
 
 
-def before_after(before: np.ndarray, after: np.ndarray, caption: str, output: str) -> None:
-    """A markdown artifact with the same frame before (input) and after (output), side by side."""
+PANEL_MAX_HEIGHT = 1080
+
+
+def side_by_side(panels: list[np.ndarray], labels: list[str]) -> np.ndarray:
+    """Frames next to each other at one height (the tallest, at most 1080 px), each under its label:
+    the preview's image and the run's before/after artifact."""
+    height = min(PANEL_MAX_HEIGHT, max(p.shape[0] for p in panels))
+    band = max(24, height // 20)
+    out = []
+    for panel, label in zip(panels, labels):
+        h, w = panel.shape[:2]
+        scaled = cv2.resize(panel, (max(1, round(w * height / h)), height),
+                            interpolation=cv2.INTER_AREA if h > height else cv2.INTER_LANCZOS4)
+        head = np.full((band, scaled.shape[1], 3), 24, np.uint8)
+        cv2.putText(head, label, (8, int(band * 0.72)), cv2.FONT_HERSHEY_SIMPLEX, band / 40, (255, 255, 255),
+                    max(1, band // 24), cv2.LINE_AA)
+        out.append(np.vstack([head, scaled]))
+    gap = np.full((height + band, 4, 3), 255, np.uint8)
+    return np.hstack([x for panel in out for x in (panel, gap)][:-1])
+
+
+def before_after(image: np.ndarray, caption: str, output: str) -> None:
+    """A markdown artifact with one output frame beside its source and lip-synced versions (the
+    preview's rendering)."""
     from prefect.artifacts import create_markdown_artifact
 
-    md = (f"| before | after |\n|---|---|\n| ![before]({_thumb(before)}) | ![after]({_thumb(after)}) |\n\n"
-          f"{caption}")
+    md = f"![source, lip-synced, final]({_thumb(image, width=960)})\n\n{caption}"
     quietly(create_markdown_artifact, markdown=md, key=artifact_key(output, "before-after"),
-            description="One frame of the input and of the output at the same time.")
+            description="One frame of the output beside the source and the lip-synced frame at the same time.")
 
 
-def middle_frames(video_url: str, output_path: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """The output's middle frame and the input frame shown at that time (or the portrait)."""
+def middle_frames(video_url: str, synced: SyncedVideo, output_path: str) -> tuple[list[np.ndarray], float]:
+    """The output's middle frame and, at that time, the input frame (or the portrait) and the lip-synced
+    frame."""
     from core.media import frame_at, probe_video
     from core.storage import local_copy
+    from models.face_track import source_index
 
     with local_copy(output_path, "output") as o:
         out = probe_video(o)
-        t = (out.n_frames // 2) / float(out.fps)
-        after = frame_at(out, t)
+        i = out.n_frames // 2
+        after = frame_at(out, i / float(out.fps))
+    with local_copy(synced.video, "lip-synced video") as s:
+        lip_synced = frame_at(probe_video(s), i / float(out.fps))
     with local_copy(video_url, "video") as v:
         src = probe_video(v)
-        before = frame_at(src, t % src.duration if not src.is_still else 0.0)
-    return before, after, t
+        before = frame_at(src, source_index(i, synced.n_source, synced.loop) / float(src.fps))
+    return [before, lip_synced, after], i / float(out.fps)
+
+
+def faces_summary(detections: FaceDetections, synced: SyncedVideo, output: str) -> None:
+    """A markdown artifact: faces found, face tracks, shot cuts, and frames without a face to lip-sync."""
+    from prefect.artifacts import create_markdown_artifact
+
+    md = (f"| faces detected | face tracks | shot cuts | source frames without a face to lip-sync |\n"
+          f"|---|---|---|---|\n| {detections.faces} | {synced.tracks} | {detections.cuts} | "
+          f"{synced.frames_without_face} of {synced.n_source} |\n\n"
+          f"Per-frame tracks, boxes and landmarks: `wav2lip-hq faces --video ... -o faces.json`.")
+    quietly(create_markdown_artifact, markdown=md, key=artifact_key(output, "faces"),
+            description="The faces of the video and how many frames had none to lip-sync.")

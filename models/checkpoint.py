@@ -52,7 +52,9 @@ def pick_state_dict(ckpt: Mapping, path: str | Path, nested: tuple[str, ...] = (
     else:
         sd = ckpt
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: no state dict of tensors found (looked for {list(nested) or 'a bare dict'})")
+        held = ", ".join(map(str, list(ckpt)[:8])) or "nothing"
+        raise CheckpointError(f"{path}: not this network's layout: no state dict of tensors found (looked for "
+                              f"{list(nested) or 'a bare dict'}; the file holds: {held})")
     return dict(sd)
 
 

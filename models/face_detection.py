@@ -156,13 +156,3 @@ def smooth_forward(values: np.ndarray, present: np.ndarray, window: int = 5) -> 
             j = i if i + window <= n else max(0, n - window)
             seg[i] = seg[j:j + window].mean(axis=0)
     return out
-
-
-def smooth_centered(values: np.ndarray, present: np.ndarray, radius: int = 1) -> np.ndarray:
-    """Mean over a centred window (clipped at run ends) inside each run: steadies landmarks without lag."""
-    out = values.copy()
-    for a, b in runs(present):
-        seg = values[a:b]
-        for i in range(len(seg)):
-            out[a + i] = seg[max(0, i - radius):i + radius + 1].mean(axis=0)
-    return out

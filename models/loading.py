@@ -8,7 +8,7 @@ import threading
 import torch
 
 from models.checkpoint import resolve_device
-from models.weights import require, sha256_file
+from models.weights import checkpoint_file, sha256_file
 
 
 _LOCK = threading.Lock()
@@ -43,10 +43,25 @@ def _pin_threads() -> None:
         torch.set_num_threads(int(threads))
 
 
-def get_model(kind: str, weight_name: str, device: str | torch.device | None = None
+def get_model(kind: str, weights: str, device: str | torch.device | None = None
               ) -> tuple[torch.nn.Module, torch.device]:
-    """(model, device) for an official weight file in the models directory (cached per content)."""
+    """(model, device) for a checkpoint option's value (:func:`models.weights.checkpoint_file`: an
+    official name, a path or a URL), loaded once per process per content and device."""
     _pin_threads()
-    path = require(weight_name)
+    path = checkpoint_file(weights)
     dev = resolve_device(device)
     return _load(kind, str(path), sha256_file(path), str(dev)), dev
+
+
+def check_layout(kind: str, weights: str, option: str) -> None:
+    """A user's own checkpoint loads into the network (strict keys); the error names the option and the
+    missing and unexpected keys. Official files are checked by their SHA-256 instead."""
+    from models.checkpoint import CheckpointError
+    from models.weights import is_official
+
+    if is_official(weights):
+        return
+    try:
+        _load_cached.__wrapped__(kind, str(checkpoint_file(weights, option)), "", "cpu")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{option}: {exc}") from None

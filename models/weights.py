@@ -94,6 +94,58 @@ def require(name: str) -> Path:
     return path
 
 
+def is_official(value: str) -> bool:
+    """An official file name (or GFPGAN version) rather than the path or URL of a user's checkpoint."""
+    return GFPGAN_FILES.get(value, value) in MANIFEST
+
+
+def checkpoint_file(value: str, option: str = "--checkpoint") -> Path:
+    """The local file of a checkpoint option: an official name (or GFPGAN version) in the models
+    directory, a local path, or a URL (http, https, s3) downloaded once into ``models_dir()/custom``."""
+    name = GFPGAN_FILES.get(value, value)
+    if name in MANIFEST:
+        return require(name)
+    if "://" in value:
+        return _custom_download(value, option)
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise InputError(f"{option}: {value}: no such file (give an official name: "
+                         f"{', '.join(MANIFEST)}; a path; or a URL)")
+    return path
+
+
+def _custom_download(url: str, option: str) -> Path:
+    from core.storage import redact, refuse_credentials_in_url
+
+    refuse_credentials_in_url(url, option)
+    name = Path(url.split("?")[0]).name or "checkpoint.pth"
+    dest = models_dir() / "custom" / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if url.startswith(("http://", "https://")):
+                _download(url, out, None, True, name)
+            else:
+                from core.storage import url_to_fs
+
+                fs, path = url_to_fs(url)
+                with fs.open(path, "rb") as src:
+                    while block := src.read(1 << 20):
+                        out.write(block)
+        os.replace(tmp, dest)
+    except InputError:
+        raise
+    except Exception as exc:  # unreachable, not found, denied: the user's URL, reported as given
+        raise InputError(f"{option}: {redact(url)}: cannot download ({exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
 def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file's bytes, read now."""
     h = hashlib.sha256()
@@ -125,7 +177,15 @@ def sha256_file(path: str | Path) -> str:
 
 
 def verify(name: str) -> tuple[bool, str]:
-    """Check a present file against the manifest: (ok, message)."""
+    """Check a file against the manifest: (ok, message). A file that is not in the manifest (a path, or
+    a file of ``models_dir()/custom``) is reported as custom with its SHA-256: nothing to check it against."""
+    if name not in MANIFEST:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            path = models_dir() / "custom" / name
+        if not path.is_file():
+            return False, f"{name}: not in the manifest and no such file"
+        return True, f"{name}: custom (not in the manifest), SHA-256 {hash_file(path)}, {path.stat().st_size} bytes"
     w = MANIFEST[name]
     path = weight_path(name)
     if not path.is_file():
@@ -139,14 +199,23 @@ def verify(name: str) -> tuple[bool, str]:
     return True, f"{name}: ok ({digest[:12]}…, {size} bytes)"
 
 
+def custom_files() -> list[str]:
+    """Names of the downloaded custom checkpoints."""
+    folder = models_dir() / "custom"
+    return sorted(p.name for p in folder.glob("*") if p.is_file() and not p.name.startswith(".")) \
+        if folder.is_dir() else []
+
+
 def fetch(name: str, force: bool = False, progress: bool = True) -> Path:
     """Download ``name`` from its URLs, verify size and SHA-256, and move it into place atomically."""
     w = MANIFEST[name]
     dest = weight_path(name)
-    if dest.is_file() and not force:
+    present_but_bad = None
+    if dest.is_file():
         ok, msg = verify(name)
-        if ok:
+        if ok and not force:
             return dest
+        present_but_bad = None if ok else msg
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for url in w.urls:
@@ -163,8 +232,10 @@ def fetch(name: str, force: bool = False, progress: bool = True) -> Path:
             errors.append(f"{url}: {exc}")
         finally:
             tmp.unlink(missing_ok=True)
+    state = (f"{name} is present at {dest} but fails verification ({present_but_bad}), and a fresh copy "
+             f"cannot be downloaded" if present_but_bad else f"cannot download {name}")
     raise ConnectionError(
-        f"could not fetch {name}:\n  " + "\n  ".join(errors)
+        f"{state}:\n  " + "\n  ".join(errors)
         + f"\nWithout internet access, download it elsewhere and place it at {dest}"
         + (f" (SHA-256 {w.sha256})" if w.sha256 else "")
     )

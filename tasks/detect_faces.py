@@ -1,9 +1,11 @@
-"""The detect_faces stage: every face in every frame of the video, keyed by the video's content alone
-(a new audio track for the same video skips detection)."""
+"""The detect_faces stage: every face in every frame of the video, and the shot cuts, keyed by the
+video's content alone (a new audio track for the same video skips detection)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from core.media import VideoInfo, iter_frames
@@ -16,11 +18,25 @@ from models.face_detection import CenterFaceDetector, main_face
 from models.face_track import Detections
 
 DETECT_MAX_SIDE = 320  # detection input size, doubled for small faces (models.face_detection)
+# mean absolute difference of 64x64 grey thumbnails that starts a new shot: consecutive frames of the
+# real talking-face clips differ by at most 1.5, two different clips by 65
+CUT_DIFF = 20.0
 
 
-def detect_faces(info: VideoInfo, detector: str, detect_max_side: int = DETECT_MAX_SIDE,
-                 device=None) -> Detections:
-    """Run the detector over every frame of ``info`` (one decoding pass)."""
+def thumbnail(frame: np.ndarray) -> np.ndarray:
+    return cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), (64, 64), interpolation=cv2.INTER_AREA
+                      ).astype(np.float32)
+
+
+def is_cut(previous: np.ndarray | None, current: np.ndarray) -> bool:
+    """Whether ``current`` (a :func:`thumbnail`) starts a new shot after ``previous``."""
+    return previous is not None and float(np.abs(current - previous).mean()) > CUT_DIFF
+
+
+def detect_faces(info: VideoInfo, detector: str, detect_max_side: int = DETECT_MAX_SIDE, device=None,
+                 frames: Iterable[np.ndarray] | None = None) -> Detections:
+    """Run the detector over every frame of ``info`` (or over ``frames``, already decoded) and find the
+    shot cuts (one decoding pass)."""
     centerface = CenterFaceDetector(max_side=detect_max_side)
     s3fd = None
     if detector == "s3fd":
@@ -30,10 +46,13 @@ def detect_faces(info: VideoInfo, detector: str, detect_max_side: int = DETECT_M
     elif detector != "centerface":
         raise ValueError(f"unknown detector {detector!r} (centerface or s3fd)")
 
-    frame_idx, boxes, landmarks, scores, ref_boxes = [], [], [], [], []
+    frame_idx, boxes, landmarks, scores, ref_boxes, cuts = [], [], [], [], [], []
     progress = Progress("face detection", info.n_frames)
-    n = 0
-    for i, frame in enumerate(iter_frames(info)):
+    n, thumb = 0, None
+    for i, frame in enumerate(iter_frames(info) if frames is None else frames):
+        previous, thumb = thumb, thumbnail(frame)
+        if is_cut(previous, thumb):
+            cuts.append(i)
         faces = centerface(frame)
         ref = np.full(4, np.nan, np.float32)
         k = main_face(faces, frame.shape)
@@ -49,7 +68,7 @@ def detect_faces(info: VideoInfo, detector: str, detect_max_side: int = DETECT_M
         progress.update()
     return Detections(n, np.asarray(frame_idx, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4),
                       np.asarray(landmarks, np.float32).reshape(-1, 5, 2), np.asarray(scores, np.float32),
-                      np.asarray(ref_boxes, np.float32).reshape(-1, 4))
+                      np.asarray(ref_boxes, np.float32).reshape(-1, 4), np.asarray(cuts, np.int64))
 
 
 def _s3fd_box(net, frame: np.ndarray, fallback: np.ndarray, device) -> np.ndarray:
@@ -80,7 +99,7 @@ def _key_inputs(job: Job, opts: RunOptions) -> dict:
     return parts
 
 
-STAGE = Stage("detect_faces", version="1", product=FaceDetections, key_inputs=_key_inputs)
+STAGE = Stage("detect_faces", version="2", product=FaceDetections, key_inputs=_key_inputs)
 
 
 @STAGE.task
@@ -89,6 +108,6 @@ def detect_faces_task(job: Job, opts: RunOptions, work_root: str, refresh: bool 
         with local_copy(job.video, "video") as v:
             dets = detect_faces(job.video_info.at(v), opts.detector, DETECT_MAX_SIDE, opts.device)
         return FaceDetections(detections=str(dets.save(out_dir / "detections.npz")), n_frames=dets.n_frames,
-                              faces=int(len(dets.frame)))
+                              faces=int(len(dets.frame)), cuts=int(len(dets.cuts)))
 
     return STAGE.run(work_root, produce, refresh, job=job, opts=opts)

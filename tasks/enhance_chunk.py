@@ -13,74 +13,83 @@ from core.products import Chunk, SyncedVideo
 from core.progress import Progress
 from core.stage import Stage
 from core.storage import local_copy
-from models.face_track import FaceTrack
+from models.face_track import FaceTrack, source_index
 from models.restorer import MIN_EYE_DISTANCE, align_face, eye_distance, paste_face, restore_faces
-from models.weights import GFPGAN_FILES
 
 
-def enhance_chunk(chunk: Chunk, face_track: str, n_source: int, width: int, height: int,
-                  out_dir: str | Path, opts: RunOptions = RunOptions(), face_batch: int = 0) -> Chunk:
-    """Restore every face of ``chunk``'s frames (at a local path) with the landmarks of ``face_track``;
-    write the enhanced chunk (lossless) to ``out_dir``.
+def enhance_chunk(chunk: Chunk, face_track: str, synced: SyncedVideo, out_dir: str | Path,
+                  opts: RunOptions = RunOptions(), face_batch: int = 0) -> Chunk:
+    """Restore the faces of ``chunk``'s frames (at a local path) with the smoothed landmarks of
+    ``face_track`` (all of them, or the speaker's with ``restore=speaker``); write the enhanced chunk
+    (lossless) to ``out_dir``. ``synced`` is the video the chunk was cut from.
 
     ``face_batch``: faces per network call; 0: 1 on CPU (fastest, half the memory), 8 on CUDA.
     """
     from models.loading import get_model
 
-    net, device = get_model("gfpgan", GFPGAN_FILES[opts.gfpgan_version], opts.device)
+    net, device = get_model("gfpgan", opts.gfpgan, opts.device)
     track = FaceTrack.load(face_track)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / Path(chunk.path).name
-    u = opts.upscale
+    u, width, height = opts.upscale, synced.width, synced.height
     face_batch = face_batch or (8 if device.type == "cuda" else 1)
     # the flow logs the chunks' aggregate progress; a chunk's own line comes at its end (or every 30 s)
     progress = Progress(f"enhance chunk {chunk.index}", chunk.n_frames, every=100.0)
     pending: list[tuple[np.ndarray, list]] = []  # frames waiting for their faces' batch
     with FrameWriter(out_path, width * u, height * u, fps=25, codec="ffv1") as writer:
         for j, frame in enumerate(read_video_file_frames(chunk.path, width, height)):
-            src = (chunk.start + j) % n_source
-            aligned = [align_face(frame, lm) for lm in track.faces_at(src) if eye_distance(lm) >= MIN_EYE_DISTANCE]
-            pending.append((frame, aligned))
+            src = source_index(chunk.start + j, synced.n_source, synced.loop)
+            pending.append((frame, aligned_faces(frame, track, src, opts.restore)))
             if sum(len(a) for _, a in pending) >= face_batch:
-                _flush(net, device, pending, writer, opts)
+                writer.write_all(restore_frames(net, device, pending, opts))
                 progress.update(len(pending))
                 pending = []
         if pending:
-            _flush(net, device, pending, writer, opts)
+            writer.write_all(restore_frames(net, device, pending, opts))
             progress.update(len(pending))
     if writer.count != chunk.n_frames:
         raise RuntimeError(f"{chunk.path}: enhanced {writer.count} frames, expected {chunk.n_frames}")
     return Chunk(path=str(out_path), index=chunk.index, start=chunk.start, n_frames=chunk.n_frames)
 
 
-def _flush(net, device, pending: list, writer: FrameWriter, opts: RunOptions) -> None:
+def restore_frames(net, device, pending: list[tuple[np.ndarray, list]], opts: RunOptions) -> list[np.ndarray]:
+    """Frames with their aligned faces (:func:`align_face` results) -> the frames at ``opts.upscale``
+    with every face restored in one network batch and pasted back."""
     crops = [crop for _, aligned in pending for crop, _ in aligned]
     restored = iter(restore_faces(net, crops, device, opts.blend, opts.precision))
+    out = []
     for frame, aligned in pending:
         canvas = frame if opts.upscale == 1 else cv2.resize(
             frame, None, fx=opts.upscale, fy=opts.upscale, interpolation=cv2.INTER_LANCZOS4)
         canvas = canvas.copy()
         for _, m in aligned:
             paste_face(canvas, next(restored), m, opts.upscale)
-        writer.write(canvas)
+        out.append(canvas)
+    return out
 
 
-KEY_OPTIONS = ("gfpgan_version", "blend", "upscale", "precision", "device")
+def aligned_faces(frame: np.ndarray, track: FaceTrack, src: int, restore: str) -> list:
+    """The faces of source frame ``src`` to restore (all, or the speaker's), aligned for GFPGAN."""
+    return [align_face(frame, lm) for lm in track.faces_at(src, restore == "speaker")
+            if eye_distance(lm) >= MIN_EYE_DISTANCE]
+
+
+KEY_OPTIONS = ("blend", "upscale", "restore", "precision", "device")
 
 
 def _key_inputs(chunk: Chunk, opts: RunOptions) -> dict:
     from models.checkpoint import resolve_device
     from models.precision import resolve_precision
-    from models.weights import require, sha256_file
+    from models.weights import checkpoint_file, sha256_file
 
     device = resolve_device(opts.device)
     return {"chunk": chunk.key, "opts": opts.model_dump(include=set(KEY_OPTIONS)), "device": device.type,
             "precision": resolve_precision(opts.precision, device),
-            "weights": sha256_file(require(GFPGAN_FILES[opts.gfpgan_version]))}
+            "weights": sha256_file(checkpoint_file(opts.gfpgan, "--gfpgan"))}
 
 
-STAGE = Stage("enhance_chunk", version="1", product=Chunk, key_inputs=_key_inputs)
+STAGE = Stage("enhance_chunk", version="2", product=Chunk, key_inputs=_key_inputs)
 
 
 @STAGE.task(task_run_name="enhance_chunk-{chunk.index}")
@@ -88,7 +97,6 @@ def enhance_chunk_task(chunk: Chunk, synced: SyncedVideo, opts: RunOptions, work
                        refresh: bool = False) -> Chunk:
     def produce(out_dir: Path) -> Chunk:
         with local_copy(chunk.path, "chunk") as path, local_copy(synced.face_track, "face track") as faces:
-            return enhance_chunk(chunk.model_copy(update={"path": path}), faces, synced.n_source, synced.width,
-                                 synced.height, out_dir, opts)
+            return enhance_chunk(chunk.model_copy(update={"path": path}), faces, synced, out_dir, opts)
 
     return STAGE.run(work_root, produce, refresh, chunk=chunk, opts=opts)

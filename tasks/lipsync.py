@@ -2,7 +2,7 @@
 and the face track it used (the enhancer aligns faces on it)."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
 from pathlib import Path
 
 import cv2
@@ -18,15 +18,15 @@ from core.stage import Stage
 from core.storage import local_copy
 from models.audio import frame_count, mel_windows, melspectrogram
 from models.batching import split_on_oom
-from models.face_track import Detections, FaceTrack, build_track
+from models.face_track import Detections, FaceTrack, build_plan, source_index, track_faces
 from models.precision import autocast, resolve_precision
 from models.wav2lip import FACE_SIZE
 
 
 def lipsync(audio: AudioInfo, video: VideoInfo, detections: str | Path, out_dir: str | Path,
             opts: RunOptions = RunOptions()) -> SyncedVideo:
-    """Run Wav2Lip over ``video`` driven by ``audio`` (both probed, at local paths) on the faces of
-    ``detections`` (a saved :class:`Detections`); write ``synced.mkv`` and ``faces.npz`` in ``out_dir``."""
+    """Run Wav2Lip over ``video`` driven by ``audio`` (both probed, at local paths) on the speaker's face
+    in ``detections`` (a saved :class:`Detections`); write ``synced.mkv`` and ``faces.npz`` in ``out_dir``."""
     from models.loading import get_model
 
     log = get_logger()
@@ -46,57 +46,80 @@ def lipsync(audio: AudioInfo, video: VideoInfo, detections: str | Path, out_dir:
     if dets.n_frames != video.n_frames:
         raise RuntimeError(f"face detections of {video.path} cover {dets.n_frames} frames, the video has "
                            f"{video.n_frames}: stale detections")
-    track = build_track(dets, video, pads=opts.pads, smooth=opts.smooth, on_no_face=opts.on_no_face)
-    n_src = track.n_frames
-    if not track.present.any() and len(dets.frame) and min(opts.pads) < 0:
-        raise InputError(f"pads {' '.join(map(str, opts.pads))}: they leave no face box in any frame where a face "
-                         f"was found; use smaller negative pads")
-    if not track.present.any():
+    tracks = track_faces(dets, float(video.fps), opts.smooth)
+    plan = build_plan(tracks, video, pads=opts.pads, face=opts.face, smooth=opts.smooth,
+                      on_no_face=opts.on_no_face, box=opts.box)
+    n_src = plan.n_frames
+    if not plan.sync.any() and len(dets.frame) and min(opts.pads) < 0:
+        raise InputError(f"--pads {' '.join(map(str, opts.pads))}: they leave no face box in any frame where a "
+                         f"face was found; use smaller negative pads")
+    if not plan.sync.any():
         log.warning("video %s: no face found in any frame; the output shows it unchanged", video.path)
-    log.info("lip-sync: %d source frames -> %d output frames at %.3f fps (%s, %s)", n_src, n_out,
-             float(video.fps), device, resolve_precision(opts.precision, device))
+    log.info("lip-sync: %d source frames -> %d output frames at %.3f fps (%s, %s); %d faces in %d tracks, "
+             "%d frames without a face to lip-sync", n_src, n_out, float(video.fps), device,
+             resolve_precision(opts.precision, device), len(dets.frame), tracks.n_tracks, int((~plan.sync).sum()))
 
-    faces_path = track.save(out_dir / "faces.npz")
+    faces_path = plan.save(out_dir / "faces.npz")
     progress = Progress("lip-sync", n_out)
     out_path = out_dir / "synced.mkv"
     with FrameWriter(out_path, video.width, video.height, video.fps, codec="ffv1", audio=audio.path,
-                     audio_codec="flac") as writer:
-        batch: list[tuple[np.ndarray, int]] = []
-        for i, frame in enumerate(_looped_frames(video, n_src, n_out)):
-            batch.append((frame, i))
-            if len(batch) == batch_size:
-                _sync_batch(model, device, batch, track, windows, n_src, writer, opts.precision)
+                     audio_codec="flac") as writer, SourceFrames(video, n_out, opts.loop, out_dir) as source:
+        batch: list[tuple[np.ndarray, int, int]] = []
+        for i in range(n_out):
+            frame, src = source.frame(i)
+            batch.append((frame, i, src))
+            if len(batch) == batch_size or i == n_out - 1:
+                writer.write_all(sync_frames(model, device, batch, plan, windows, opts))
                 progress.update(len(batch))
                 batch = []
-        if batch:
-            _sync_batch(model, device, batch, track, windows, n_src, writer, opts.precision)
-            progress.update(len(batch))
     if writer.count != n_out:
         raise RuntimeError(f"lip-sync wrote {writer.count} frames, expected {n_out}")
     return SyncedVideo(video=str(out_path), face_track=str(faces_path), fps_num=video.fps_num,
-                       fps_den=video.fps_den, n_frames=n_out, n_source=n_src, width=video.width, height=video.height,
-                       sar_num=video.sar_num, sar_den=video.sar_den)
+                       fps_den=video.fps_den, n_frames=n_out, n_source=n_src, loop=opts.loop, width=video.width,
+                       height=video.height, sar_num=video.sar_num, sar_den=video.sar_den,
+                       tracks=tracks.n_tracks, frames_without_face=int((~plan.sync).sum()))
 
 
-def _looped_frames(info: VideoInfo, n_src: int, n_out: int) -> Iterator[np.ndarray]:
-    """Frames 0..n_out-1 where output frame i is source frame i mod n_src (decoding again per loop)."""
-    if info.is_still:
-        still = read_still(info.path)
-        for _ in range(n_out):
-            yield still
-        return
-    if n_src < 1:
-        raise ValueError(f"video {info.path}: no frames to loop over")
-    emitted = 0
-    while emitted < n_out:
-        before = emitted
-        for j, frame in enumerate(iter_frames(info)):
-            if j >= n_src or emitted >= n_out:
-                break
-            yield frame
-            emitted += 1
-        if emitted == before:
-            raise RuntimeError(f"video {info.path}: decoding gave no frames on a second pass")
+class SourceFrames:
+    """Source frames in output order (:func:`source_index`). A video shorter than the audio is decoded
+    once into an uncompressed spool file beside the output (deleted on exit), so playing it backward
+    costs no second decode and no memory."""
+
+    def __init__(self, info: VideoInfo, n_out: int, loop: str, spool_dir: Path) -> None:
+        self.info, self.n_out, self.loop = info, n_out, loop
+        self.still = read_still(info.path) if info.is_still else None
+        self.frames = None if info.is_still else iter_frames(info)
+        self.spool_path = spool_dir / ".source_frames.raw"
+        self.spool: np.ndarray | None = None
+        if self.still is None and n_out > info.n_frames:
+            shape = (info.n_frames, info.height, info.width, 3)
+            self.spool = np.lib.format.open_memmap(self.spool_path, mode="w+", dtype=np.uint8, shape=shape)
+        self.decoded = 0
+
+    def frame(self, i: int) -> tuple[np.ndarray, int]:
+        """Output frame ``i``'s source frame and its index."""
+        if self.still is not None:
+            return self.still, 0
+        src = source_index(i, self.info.n_frames, self.loop)
+        while self.decoded <= src:
+            frame = next(self.frames, None)
+            if frame is None:
+                raise RuntimeError(f"video {self.info.path}: decoding ended at frame {self.decoded}, the probe "
+                                   f"counted {self.info.n_frames}")
+            if self.spool is not None:
+                self.spool[self.decoded] = frame
+            self.decoded += 1
+            self.last = frame
+        return (self.last if self.spool is None else np.asarray(self.spool[src])), src
+
+    def __enter__(self) -> "SourceFrames":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.frames is not None:
+            self.frames.close()
+        self.spool = None
+        self.spool_path.unlink(missing_ok=True)
 
 
 def prepare_faces(crops: list[np.ndarray]) -> torch.Tensor:
@@ -105,48 +128,81 @@ def prepare_faces(crops: list[np.ndarray]) -> torch.Tensor:
     masked = faces.copy()
     masked[:, FACE_SIZE // 2:] = 0
     x = np.concatenate([masked, faces], axis=3).astype(np.float32) / 255.0
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    # channels-last memory, as the reference feeds it: the convolutions take the same kernels
+    return torch.from_numpy(x).permute(0, 3, 1, 2)
 
 
-def _sync_batch(model, device, batch, track: FaceTrack, windows: np.ndarray, n_src: int,
-                writer: FrameWriter, precision: str) -> None:
-    work = [(k, idx % n_src) for k, (_, idx) in enumerate(batch) if track.present[idx % n_src]]
-    frames = [f for f, _ in batch]
-    if work:
-        crops, boxes = [], []
-        for k, src in work:
-            x1, y1, x2, y2 = (int(v) for v in track.boxes[src])
-            crops.append(frames[k][y1:y2, x1:x2])
-            boxes.append((x1, y1, x2, y2))
-        faces = prepare_faces(crops).to(device)
-        mels = torch.from_numpy(windows[[batch[k][1] for k, _ in work]][:, None]).to(device)
-        with torch.inference_mode(), autocast(device, precision):
-            pred = split_on_oom(model, mels, faces)
-        pred = (pred.float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
-        for (k, _), p, (x1, y1, x2, y2) in zip(work, pred, boxes):
-            out = frames[k].copy()
-            out[y1:y2, x1:x2] = cv2.resize(p, (x2 - x1, y2 - y1))
-            frames[k] = out
-    for f in frames:
-        writer.write(f)
+MOUTH_TOP = 0.5     # the generated region starts halfway down the box (Wav2Lip redraws the lower half)
+FEATHER = 0.1       # the mask fades to the source over this share of the box
+
+
+def _ramp(d: np.ndarray, width: float) -> np.ndarray:
+    t = np.clip(d / width, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)  # smoothstep: no kink where the fade starts or ends
+
+
+@functools.lru_cache(maxsize=64)
+def mouth_mask(height: int, width: int) -> np.ndarray:
+    """(h, w, 1) blend weight of the prediction in a face box: 1 over the mouth and chin, fading to 0 at
+    the box's sides and bottom and above the mouth, over a tenth of the box."""
+    f = max(1.0, FEATHER * min(height, width))
+    y = np.arange(height, dtype=np.float32)[:, None] + 0.5  # pixel centres
+    x = np.arange(width, dtype=np.float32)[None, :] + 0.5
+    top = _ramp(y - (MOUTH_TOP * height - f), f)
+    mask = top * _ramp(height - y, f) * _ramp(x, f) * _ramp(width - x, f)
+    return mask.astype(np.float32)[..., None]
+
+
+def paste(frame: np.ndarray, prediction: np.ndarray, box: tuple[int, int, int, int], mask: str) -> np.ndarray:
+    """A copy of ``frame`` with Wav2Lip's 96x96 ``prediction`` resized into ``box`` (x1, y1, x2, y2):
+    the whole box (``box``, as the reference) or blended through :func:`mouth_mask` (``feather``)."""
+    x1, y1, x2, y2 = box
+    face = cv2.resize(prediction, (x2 - x1, y2 - y1))
+    out = frame.copy()
+    if mask == "box":
+        out[y1:y2, x1:x2] = face
+    else:
+        alpha = mouth_mask(y2 - y1, x2 - x1)
+        src = out[y1:y2, x1:x2].astype(np.float32)
+        out[y1:y2, x1:x2] = np.clip(src + alpha * (face.astype(np.float32) - src) + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def sync_frames(model, device, batch: list[tuple[np.ndarray, int, int]], plan: FaceTrack, windows: np.ndarray,
+                opts: RunOptions) -> list[np.ndarray]:
+    """Lip-sync a batch of (frame, output index, source index): Wav2Lip on the planned boxes with each
+    output frame's mel window, pasted back; frames without a box come back unchanged."""
+    frames = [f for f, _, _ in batch]
+    work = [k for k, (_, _, src) in enumerate(batch) if plan.sync[src]]
+    if not work:
+        return frames
+    boxes = [tuple(int(v) for v in plan.boxes[batch[k][2]]) for k in work]
+    faces = prepare_faces([frames[k][y1:y2, x1:x2] for k, (x1, y1, x2, y2) in zip(work, boxes)]).to(device)
+    mels = torch.from_numpy(windows[[batch[k][1] for k in work]][:, None]).to(device)
+    with torch.inference_mode(), autocast(device, opts.precision):
+        pred = split_on_oom(model, mels, faces)
+    pred = (pred.float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
+    for k, p, b in zip(work, pred, boxes):
+        frames[k] = paste(frames[k], p, b, opts.mask)
+    return frames
 
 
 # what the synced frames depend on among the options (the rest belong to other stages)
-KEY_OPTIONS = ("checkpoint", "still_fps", "pads", "smooth", "on_no_face", "batch_size", "detector", "precision",
-               "device")
+KEY_OPTIONS = ("still_fps", "pads", "smooth", "mask", "face", "loop", "box", "on_no_face", "batch_size", "detector",
+               "precision", "device")
 
 
 def _key_inputs(job: Job, detections: FaceDetections, opts: RunOptions) -> dict:
     from models.checkpoint import resolve_device
-    from models.weights import require, sha256_file
+    from models.weights import checkpoint_file, sha256_file
 
     device = resolve_device(opts.device)
     return {"audio": job.audio_sha256, "video": job.video_sha256, "detections": detections.key,
-            "opts": opts.model_dump(include=set(KEY_OPTIONS)), "weights": sha256_file(require(opts.checkpoint)),
+            "opts": opts.model_dump(include=set(KEY_OPTIONS)), "weights": sha256_file(checkpoint_file(opts.checkpoint)),
             "device": device.type, "precision": resolve_precision(opts.precision, device)}
 
 
-STAGE = Stage("lipsync", version="2", product=SyncedVideo, key_inputs=_key_inputs)
+STAGE = Stage("lipsync", version="3", product=SyncedVideo, key_inputs=_key_inputs)
 
 
 @STAGE.task

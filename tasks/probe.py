@@ -20,32 +20,76 @@ CONTAINERS = (".mp4", ".m4v", ".mov", ".mkv")  # hold H.264 video and AAC audio
 def check_inputs(audio: str, video: str, output: str, opts: RunOptions = RunOptions()
                  ) -> tuple[AudioInfo, VideoInfo]:
     """Everything that can be known wrong before model work: the inputs, the output location, the work
-    area, the device and the options that depend on the machine. Returns the inputs' media facts,
-    naming them as given. Storage that cannot be reached is reported here once, not retried."""
-    for role, url in (("audio", audio), ("video", video), ("output", output), ("work_dir", opts.work_dir)):
-        if url:
-            refuse_credentials_in_url(url, role)
-    for role, url in (("audio", audio), ("video", video)):
-        refuse_special_input(url, role)
+    area, the device, the weights and the options that depend on the video. Returns the inputs' media
+    facts, naming them as given. Storage that cannot be reached is reported here once, not retried."""
+    refuse_credentials_in_url(output, "output")
     suffix = Path(output).suffix.lower()
     if suffix and suffix not in CONTAINERS:
         raise InputError(f"output {redact(output)}: a {suffix} file cannot hold the H.264 video and AAC audio; "
                          f"use one of {', '.join(CONTAINERS)}")
-    check_device(opts)
+    audio_info, video_info = probe_media(audio, video, opts)
     try:
         check_output(output, [audio, video])
+    except StorageUnreachableError as exc:
+        raise InputError(str(exc)) from exc
+    check_regions(opts, video_info)
+    check_checkpoints(opts)
+    scale = opts.upscale if opts.enhance else 1
+    check_frame_size(video_info.width * scale, video_info.height * scale, f"output {redact(output)} (--upscale {scale})")
+    return audio_info, video_info
+
+
+def probe_media(audio: str | None, video: str, opts: RunOptions) -> tuple[AudioInfo | None, VideoInfo]:
+    """The inputs can be read and are media (no audio: the video alone); the work area and the device
+    are usable."""
+    for role, url in (("audio", audio), ("video", video), ("work_dir", opts.work_dir)):
+        if url:
+            refuse_credentials_in_url(url, role)
+    for role, url in (("audio", audio), ("video", video)):
+        if url:
+            refuse_special_input(url, role)
+    check_device(opts)
+    audio_info = None
+    try:
         check_work_area(opts.work_dir or default_work_root())
-        with local_copy(audio, "audio") as a:
-            audio_info = probe_audio(a, "audio")
+        if audio:
+            with local_copy(audio, "audio") as a:
+                audio_info = probe_audio(a, "audio").model_copy(update={"path": audio})
             if audio_info.duration <= 0:
                 raise InputError(f"audio {redact(audio)}: audio stream has zero length")
         with local_copy(video, "video") as v:
             video_info = probe_video(v, still_fps=opts.still_fps)
     except StorageUnreachableError as exc:
         raise InputError(str(exc)) from exc
-    scale = opts.upscale if opts.enhance else 1
-    check_frame_size(video_info.width * scale, video_info.height * scale, f"output {redact(output)} (--upscale {scale})")
-    return audio_info.model_copy(update={"path": audio}), video_info.at(video)
+    return audio_info, video_info.at(video)
+
+
+def check_regions(opts: RunOptions, video: VideoInfo) -> None:
+    """``--box`` and a ``--face X,Y`` point lie inside the frame."""
+    from models.face_track import parse_face
+
+    w, h = video.width, video.height
+    if opts.box is not None:
+        top, bottom, left, right = opts.box
+        if bottom > h or right > w:
+            raise InputError(f"--box: {top} {bottom} {left} {right} (top bottom left right) reaches outside the "
+                             f"{w}x{h} frame")
+    choice = parse_face(opts.face)
+    if isinstance(choice, tuple) and not (0 <= choice[0] < w and 0 <= choice[1] < h):
+        raise InputError(f"--face: the point {opts.face} is outside the {w}x{h} frame")
+
+
+def check_checkpoints(opts: RunOptions) -> None:
+    """The weights the job needs are here (or downloadable), and a user's own checkpoints fit the networks."""
+    from models.loading import check_layout
+    from models.weights import checkpoint_file
+
+    needed = [("wav2lip", opts.checkpoint, "--checkpoint")]
+    if opts.enhance:
+        needed.append(("gfpgan", opts.gfpgan, "--gfpgan"))
+    for kind, value, option in needed:
+        checkpoint_file(value, option)
+        check_layout(kind, value, option)
 
 
 def check_device(opts: RunOptions) -> None:

@@ -321,7 +321,7 @@ def test_audio_longer_and_shorter_than_video():
     assert mel_windows(melspectrogram(shorter), n_short, fps).shape == (25, 80, 16)
 
 
-# ------------------------------------------------------------------------------- _looped_frames
+# ------------------------------------------------------------------------------- SourceFrames
 @pytest.fixture(scope="module")
 def tiny_video(tmp_path_factory):
     frames = numbered_frames(5)
@@ -329,33 +329,41 @@ def tiny_video(tmp_path_factory):
     return path, frames
 
 
-def test_looped_frames_loop_from_start(tiny_video):
+def _source(info, n_out, loop, tmp_path):
+    from tasks.lipsync import SourceFrames
+
+    with SourceFrames(info, n_out, loop, tmp_path) as source:
+        out = [source.frame(i) for i in range(n_out)]
+    assert list(tmp_path.iterdir()) == []  # the spool file is removed
+    return out
+
+
+@pytest.mark.parametrize("loop,order", [("forward", [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]),
+                                        ("pingpong", [0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3])])
+def test_source_frames_loop(tiny_video, tmp_path, loop, order):
     from core.media import probe_video
-    from tasks.lipsync import _looped_frames
 
     path, src = tiny_video
     info = probe_video(path)
     assert info.n_frames == 5 and not info.is_still
-    out = list(_looped_frames(info, 5, 12))
-    assert len(out) == 12
-    for i, f in enumerate(out):
-        np.testing.assert_array_equal(f, src[i % 5], err_msg=f"output frame {i}")
+    out = _source(info, 12, loop, tmp_path)
+    assert [k for _, k in out] == order
+    for i, (f, k) in enumerate(out):
+        np.testing.assert_array_equal(f, src[k], err_msg=f"output frame {i}")
 
 
-def test_looped_frames_cut(tiny_video):
+def test_source_frames_cut(tiny_video, tmp_path):
     from core.media import probe_video
-    from tasks.lipsync import _looped_frames
 
     path, src = tiny_video
-    out = list(_looped_frames(probe_video(path), 5, 3))
-    assert len(out) == 3
-    for i, f in enumerate(out):
-        np.testing.assert_array_equal(f, src[i])
+    out = _source(probe_video(path), 3, "pingpong", tmp_path)
+    assert [k for _, k in out] == [0, 1, 2]
+    for f, k in out:
+        np.testing.assert_array_equal(f, src[k])
 
 
-def test_looped_frames_still_image_counts_from_audio(tmp_path):
+def test_source_frames_still_image_counts_from_audio(tmp_path):
     from core.media import probe_video
-    from tasks.lipsync import _looped_frames
 
     img = numbered_frames(4)[3]
     path = tmp_path / "still.png"
@@ -364,7 +372,10 @@ def test_looped_frames_still_image_counts_from_audio(tmp_path):
     assert info.is_still and info.n_frames == 1
     n_out = frame_count(int(1.3 * SR) + 100, info.fps)  # audio decides: 1.306 s -> 33 frames
     assert n_out == 33
-    out = list(_looped_frames(info, 1, n_out))
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    out = _source(info, n_out, "pingpong", spool)
     assert len(out) == n_out
-    for f in out:
+    for f, k in out:
+        assert k == 0
         np.testing.assert_array_equal(f, img)

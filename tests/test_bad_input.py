@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from tests.test_pipeline import cli, cli_inputs, clip, speech_2s  # noqa: F401 - fixtures
 
@@ -55,12 +56,36 @@ CASES = {
     "upscaled frames too large": ({"video": "{dir}/big.png", "args": ["--upscale", "2"]}, {},
                                   r"output .*out.mp4 \(--upscale 2\): frames of 12000x8000 are larger"),
     "a pipe as input": ({"audio": "{dir}/pipe.wav"}, {}, r"audio .*pipe.wav: is not a regular file"),
+    "an unknown mask": ({"args": ["--mask", "oval"]}, {}, r"^error: --mask: invalid choice: 'oval'"),
+    "a face choice that is not one": ({"args": ["--face", "left"]}, {},
+                                      r"^error: --face: auto, largest, center, a track number N, or a point X,Y"),
+    "a face point outside the frame": ({"args": ["--face", "5000,10"]}, {},
+                                       r"^error: --face: the point 5000,10 is outside the \d+x\d+ frame"),
+    "a box outside the frame": ({"args": ["--box", "0 5000 0 10"]}, {},
+                                r"^error: --box: 0 5000 0 10 \(top bottom left right\) reaches outside the"),
+    "a box upside down": ({"args": ["--box", "100 50 0 10"]}, {}, r"^error: --box: top bottom left right in pixels"),
+    "a missing checkpoint file": ({"args": ["--checkpoint", "{dir}/mine.pth"]}, {},
+                                  r"^error: --checkpoint: .*mine.pth: no such file"),
+    "a checkpoint with other keys": (
+        {"args": ["--checkpoint", "{dir}/other.pth"]}, {},
+        r"^error: --checkpoint: .*other.pth: does not fit Wav2Lip: \d+ missing keys: audio_encoder.*; "
+        r"1 unexpected keys: encoder.weight"),
+    "a checkpoint with another network's layout": (
+        {"args": ["--checkpoint", "{dir}/restorer.pth"]}, {},
+        r"^error: --checkpoint: .*restorer.pth: not this network's layout: .*the file holds: params_ema"),
+    "a GFPGAN checkpoint with another layout": (
+        {"args": ["--gfpgan", "{dir}/lipsync.pth"]}, {},
+        r"^error: --gfpgan: .*lipsync.pth: not this network's layout: .*the file holds: state_dict, optimizer"),
 }
 
 
 @pytest.fixture
-def inputs(cli_inputs) -> dict:
+def inputs(cli_inputs, models_dir) -> dict:
     d = cli_inputs["dir"]
+    # a user's own checkpoints, each in the other network's layout
+    os.symlink(models_dir / "GFPGANv1.4.pth", d / "restorer.pth")
+    os.symlink(models_dir / "wav2lip_gan.pth", d / "lipsync.pth")
+    torch.save({"state_dict": {"module.encoder.weight": torch.zeros(2, 2)}}, d / "other.pth")
     huge_png_header(d / "huge.png")
     cv2.imwrite(str(d / "big.png"), np.zeros((4000, 6000, 3), np.uint8))
     os.mkfifo(d / "pipe.wav")
@@ -98,6 +123,6 @@ def test_pads_that_empty_every_face_box_are_named(models_dir, tmp_path, media_di
     ffmpeg("-i", str(clip), "-vn", str(audio))
     video = probe_video(clip)
     dets = detect_faces(video, "centerface").save(tmp_path / "detections.npz")
-    with pytest.raises(InputError, match=r"pads 0 -1000 0 0: they leave no face box"):
+    with pytest.raises(InputError, match=r"--pads 0 -1000 0 0: they leave no face box"):
         lipsync(probe_audio(audio), video, dets, tmp_path / "out", RunOptions(pads=(0, -1000, 0, 0)))
     assert not (tmp_path / "out" / "synced.mkv").exists()

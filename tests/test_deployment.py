@@ -168,7 +168,8 @@ def test_ui_run_form_shows_our_parameters(server, deployed, tmp_path):
              f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=25000", "--window-size=1280,2200"]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-1000:]
-    for text in ("audio", "video", "output", "gfpgan_version", "on_no_face", "Speech to lip-sync to",
+    for text in ("audio", "video", "output", "gfpgan", "on_no_face", "mask", "restore", "Speech to lip-sync to",
+                 "Which face is lip-synced", "When the audio outlasts the video",
                  "Restoration strength", "Talking-face video, or a still portrait"):
         assert text in dom.stdout, text
     shot = tmp_path / "form.png"

@@ -1,5 +1,5 @@
-"""Tests for models/face_detection.py (CenterFace detection, decoding, smoothing helpers) and the
-face tracks of tasks/faces.py."""
+"""Tests for models/face_detection.py: CenterFace detection and decoding, the main-face choice of the
+S3FD cross-check, and the reference's box smoothing the seed baseline uses."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from core.errors import NoFaceError
 from core.media import iter_frames, probe_video
 from models.face_detection import (
     CenterFaceDetector,
@@ -16,12 +15,9 @@ from models.face_detection import (
     main_face,
     pad_box,
     runs,
-    smooth_centered,
     smooth_forward,
 )
-from models.face_track import Detections, FaceTrack, build_track
-from tasks.detect_faces import detect_faces
-from tests.media_fixtures import astronaut_bgr, centerface, media_file, requires_media, write_video  # noqa: F401
+from tests.media_fixtures import astronaut_bgr, centerface, media_file, requires_media  # noqa: F401
 
 
 def _iou(a, b) -> float:
@@ -280,159 +276,3 @@ def test_smooth_forward_matches_reference_within_runs():
     np.testing.assert_allclose(out[6], np.concatenate([out[3:6], values[6:8]]).mean(axis=0))
     np.testing.assert_allclose(out[18], values[18:20].mean(axis=0))  # run shorter than the window
     np.testing.assert_array_equal(out[~present], values[~present])  # gaps untouched
-
-
-def test_smooth_centered_within_runs():
-    values = np.arange(10, dtype=np.float64)[:, None, None] * np.ones((1, 5, 2))
-    values[4] = 100.0
-    present = np.array([True] * 4 + [False] + [True] * 5)
-    out = smooth_centered(values, present, radius=1)
-    assert out[0, 0, 0] == pytest.approx(0.5)      # clipped at the run start: mean(0, 1)
-    assert out[1, 0, 0] == pytest.approx(1.0)
-    assert out[3, 0, 0] == pytest.approx(2.5)      # mean(2, 3): the absent frame 4 is not used
-    assert out[4, 0, 0] == 100.0                   # absent frame untouched
-    assert out[5, 0, 0] == pytest.approx(5.5)      # mean(5, 6)
-    assert out[7, 0, 0] == pytest.approx(7.0)
-    assert out[9, 0, 0] == pytest.approx(8.5)
-
-
-# ------------------------------------------------------------------------------------ track_faces
-FPS = 10
-
-
-def track_faces(info, **options) -> FaceTrack:
-    """Detection, then the track, as the detect_faces and lipsync stages do them."""
-    from core.options import RunOptions
-
-    opts = RunOptions(**options)
-    return build_track(detect_faces(info, opts.detector), info, pads=opts.pads, smooth=opts.smooth,
-                       on_no_face=opts.on_no_face)
-BLACK = 6
-
-
-@pytest.fixture(scope="module")
-def astronaut_video(tmp_path_factory, astronaut):
-    frames = []
-    for k in range(12):
-        x0, y0 = 40 + 3 * k, k % 3
-        frames.append(np.ascontiguousarray(astronaut[y0:y0 + 384, x0:x0 + 384]))
-    frames[BLACK] = np.zeros_like(frames[0])
-    path = write_video(tmp_path_factory.mktemp("faces") / "astro.mkv", frames, fps=FPS)
-    return path, frames
-
-
-def test_track_faces_present_mask_boxes_and_landmarks(centerface, astronaut_video):
-    path, frames = astronaut_video
-    info = probe_video(path)
-    assert info.n_frames == len(frames)
-    pads = (0, 10, 0, 0)
-    track = track_faces(info, pads=pads)
-    expected_present = np.ones(len(frames), bool)
-    expected_present[BLACK] = False
-    np.testing.assert_array_equal(track.present, expected_present)
-    assert track.boxes.dtype == np.int64 and track.boxes.shape == (12, 4)
-    assert track.landmarks.dtype == np.float32 and track.landmarks.shape == (12, 5, 2)
-    np.testing.assert_array_equal(track.boxes[BLACK], 0)
-    np.testing.assert_array_equal(track.landmarks[BLACK], 0)
-    assert track.others.shape == (0, 11)
-
-    # independent expectation: detect each (losslessly stored) frame, pad, smooth within runs
-    raw_boxes = np.zeros((12, 4))
-    raw_lms = np.zeros((12, 5, 2))
-    for i, f in enumerate(frames):
-        if i == BLACK:
-            continue
-        face = centerface(f)[0]
-        x1, y1, x2, y2 = np.trunc(face.box)
-        raw_boxes[i] = [max(0, x1), max(0, y1), min(384, x2), min(384, y2 + 10)]
-        raw_lms[i] = face.landmarks
-    exp_boxes = _ref_forward(np.trunc(raw_boxes).astype(np.int64), expected_present)
-    np.testing.assert_array_equal(track.boxes, exp_boxes)
-    for i in range(12):
-        if i == BLACK:
-            continue
-        run = (0, BLACK) if i < BLACK else (BLACK + 1, 12)
-        lo, hi = max(run[0], i - 1), min(run[1], i + 2)
-        np.testing.assert_allclose(track.landmarks[i], raw_lms[lo:hi].mean(axis=0), atol=1e-3)
-        x1, y1, x2, y2 = track.boxes[i]
-        lm = track.landmarks[i]
-        assert np.all((lm[:, 0] >= x1) & (lm[:, 0] <= x2) & (lm[:, 1] >= y1) & (lm[:, 1] <= y2))
-
-    unsmoothed = track_faces(info, pads=pads, smooth=False)
-    np.testing.assert_array_equal(unsmoothed.boxes, np.trunc(raw_boxes).astype(np.int64))
-
-
-def test_track_faces_fail_names_the_time(astronaut_video):
-    path, _ = astronaut_video
-    with pytest.raises(NoFaceError) as err:
-        track_faces(probe_video(path), on_no_face="fail")
-    msg = str(err.value)
-    assert f"{BLACK / FPS:.2f} s" in msg      # 0.60 s
-    assert f"frame {BLACK}" in msg
-    assert str(path) in msg
-
-
-def test_track_faces_unknown_detector(astronaut_video):
-    path, _ = astronaut_video
-    with pytest.raises(ValueError, match="unknown detector"):
-        detect_faces(probe_video(path), "nope")
-
-
-def test_face_track_save_load_and_faces_at(tmp_path):
-    rng = np.random.default_rng(5)
-    present = np.array([True, False, True])
-    boxes = rng.integers(0, 100, (3, 4)).astype(np.int64)
-    landmarks = rng.uniform(0, 100, (3, 5, 2)).astype(np.float32)
-    others = np.concatenate([np.array([[1], [2], [2]], np.float32),
-                             rng.uniform(0, 100, (3, 10)).astype(np.float32)], axis=1)
-    track = FaceTrack(present, boxes, landmarks, others)
-    path = track.save(tmp_path / "faces.npz")
-    assert path == tmp_path / "faces.npz" and path.is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces.npz"]  # no temp file left behind
-    back = FaceTrack.load(path)
-    assert back.n_frames == 3
-    for name in ("present", "boxes", "landmarks", "others"):
-        a, b = getattr(track, name), getattr(back, name)
-        assert a.dtype == b.dtype, name
-        np.testing.assert_array_equal(a, b, err_msg=name)
-
-    assert len(back.faces_at(0)) == 1
-    np.testing.assert_array_equal(back.faces_at(0)[0], landmarks[0])
-    at1 = back.faces_at(1)  # no main face, one other face
-    assert len(at1) == 1
-    np.testing.assert_array_equal(at1[0], others[0, 1:].reshape(5, 2))
-    at2 = back.faces_at(2)  # main face first, then the two others in order
-    assert len(at2) == 3
-    np.testing.assert_array_equal(at2[0], landmarks[2])
-    np.testing.assert_array_equal(at2[1], others[1, 1:].reshape(5, 2))
-    np.testing.assert_array_equal(at2[2], others[2, 1:].reshape(5, 2))
-    assert all(a.shape == (5, 2) for a in at2)
-
-
-def test_face_track_roundtrip_of_real_track(tmp_path, astronaut_video):
-    path, _ = astronaut_video
-    track = track_faces(probe_video(path))
-    back = FaceTrack.load(track.save(tmp_path / "t.npz"))
-    np.testing.assert_array_equal(back.present, track.present)
-    np.testing.assert_array_equal(back.boxes, track.boxes)
-    np.testing.assert_array_equal(back.landmarks, track.landmarks)
-    assert back.faces_at(BLACK) == []
-    np.testing.assert_array_equal(back.faces_at(0)[0], track.landmarks[0])
-
-
-def test_saved_detections_give_the_same_track(tmp_path, astronaut_video):
-    """The cached detections (the detect_faces stage's file) rebuild exactly the track detected live."""
-    path, frames = astronaut_video
-    info = probe_video(path)
-    dets = detect_faces(info, "centerface")
-    assert dets.n_frames == len(frames) and dets.faces_in(BLACK) == []
-    assert np.isnan(dets.ref_boxes).all()          # no reference detector asked for
-    back = Detections.load(dets.save(tmp_path / "detections.npz"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["detections.npz"]
-    for pads in [(0, 10, 0, 0), (5, 20, 3, 3)]:
-        live = track_faces(info, pads=pads)
-        cached = build_track(back, info, pads=pads, smooth=True, on_no_face="pass")
-        for name in ("present", "boxes", "landmarks", "others"):
-            np.testing.assert_array_equal(getattr(live, name), getattr(cached, name), err_msg=name)
-    with pytest.raises(NoFaceError, match=f"frame {BLACK}"):
-        build_track(back, info, pads=(0, 10, 0, 0), smooth=True, on_no_face="fail")

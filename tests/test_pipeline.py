@@ -50,7 +50,7 @@ def untouched_mask(track: FaceTrack, shape: tuple[int, int], margin: int = 12) -
             x0, y0 = np.floor(corners.min(0)).astype(int) - margin
             x1, y1 = np.ceil(corners.max(0)).astype(int) + margin
             mask[max(0, y0):y1, max(0, x0):x1] = False
-        if track.present[i]:
+        if track.sync[i]:
             x0, y0, x1, y1 = track.boxes[i]
             mask[max(0, y0 - margin):y1 + margin, max(0, x0 - margin):x1 + margin] = False
     return mask
@@ -82,7 +82,7 @@ def test_end_to_end(prefect_server, models_dir, clip, speech_2s, tmp_path):
 
     # pixels away from the face are unchanged (codec tolerance); the mouth region changed
     track = FaceTrack.load(glob.glob(str(work / "lipsync" / "*" / "faces.npz"))[0])
-    assert track.present.all()
+    assert track.sync.all()
     keep = untouched_mask(track, (src.height, src.width))
     assert keep.mean() > 0.2
     mouth_diffs, away_diffs = [], []
@@ -123,7 +123,7 @@ def test_no_face_fail_names_the_time_and_writes_nothing(prefect_server, models_d
     blank = tmp_path / "blank.mp4"
     ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=160x120:d=1:r=25", "-c:v", "libx264", str(blank))
     out = tmp_path / "o.mp4"
-    with pytest.raises(NoFaceError, match=r"blank.mp4: no face detected in the frame at 0.00 s"):
+    with pytest.raises(NoFaceError, match=r"blank.mp4: no face to lip-sync in the frame at 0.00 s"):
         lipsync_hq(audio=str(speech_2s), video=str(blank), output=str(out), work_dir=str(tmp_path / "w"),
                    on_no_face="fail")
     assert not out.exists() and list(tmp_path.glob("*o.mp4*")) == []
@@ -140,6 +140,7 @@ def test_bad_checkpoint_is_named_and_writes_nothing(prefect_server, models_dir, 
     bad_dir.mkdir()
     sd = {f"module.{k}": v for k, v in Wav2Lip().state_dict().items() if "output_block" not in k}
     torch.save({"state_dict": sd}, bad_dir / "wav2lip_gan.pth")
+    os.symlink(models_dir / "GFPGANv1.4.pth", bad_dir / "GFPGANv1.4.pth")
     monkeypatch.setenv("WAV2LIP_HQ_MODELS_DIR", str(bad_dir))
     out = tmp_path / "o.mp4"
     with pytest.raises(CheckpointError, match=r"wav2lip_gan.pth: does not fit Wav2Lip: .*missing keys: output_block"):
