@@ -2,6 +2,7 @@
 
     wav2lip-hq run --audio speech.mp3 --video talk.mp4 -o out.mp4
     wav2lip-hq models fetch|list|verify [NAME ...]
+    wav2lip-hq score --video out.mp4 [--audio speech.wav] [--json] [--plot sync.png]
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from core.options import OptionError, add_cli_arguments, parse_options
+from flows import score
 
 EXIT_BAD_INPUT = 2
 
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("list", help="show known weight files, where they go and whether they are present")
     v = msub.add_parser("verify", help="check present files against the manifest (size, SHA-256)")
     v.add_argument("names", nargs="*", help="file names (default: the ones present)")
+    score.add_parser(sub)
     return p
 
 
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "models":
         return _models(args)
+    if args.command == "score":
+        return score.run(args)
     return _run(args)
 
 
