@@ -60,9 +60,9 @@ def test_score_prints_the_scores_and_writes_the_plot(tiny, syncnet_dir, tmp_path
 
     text = cli("score", "--video", tiny["video"], "--audio", tiny["audio"], env=env)
     assert text.returncode == 0, text.stderr
-    assert re.search(r"^LSE-D:\s+\d+\.\d{3} \(distance, lower is better", text.stdout, re.M)
-    assert re.search(r"^LSE-C:\s+\d+\.\d{3} \(confidence, higher is better", text.stdout, re.M)
-    assert re.search(r"^offset: [+-]\d+ frames", text.stdout, re.M)
+    assert re.search(r"^LSE-D:\s+\d+\.\d{3} \(distance, lower is better", text.stdout, re.MULTILINE)
+    assert re.search(r"^LSE-C:\s+\d+\.\d{3} \(confidence, higher is better", text.stdout, re.MULTILINE)
+    assert re.search(r"^offset: [+-]\d+ frames", text.stdout, re.MULTILINE)
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,15 @@ from models.sync_faces import (
     longest,
     track_faces,
 )
-from models.syncnet import SyncNet, evaluate_sync, load_syncnet, scores_from_distances, sync_scores
+from models.syncnet import (
+    SyncNet,
+    evaluate_sync,
+    load_syncnet,
+    scores_from_distances,
+    sync_scores,
+)
 from tests.checkpoints import make_syncnet_checkpoint
-from tests.media_fixtures import centerface, media_file, requires_media  # noqa: F401 - fixture
+from tests.media_fixtures import media_file, requires_media
 
 # Key -> shape of the published syncnet_v2.model, written out from the reference's module S.
 _LAYERS = {
@@ -215,7 +221,9 @@ def test_iou():
 
 
 def test_tracks_follow_overlap_fill_gaps_and_end_after_missed_frames():
-    left = lambda i: np.array([10 + i, 20, 60 + i, 80.0])  # noqa: E731 - drifting right
+    def left(i: int) -> np.ndarray:  # drifting right
+        return np.array([10 + i, 20, 60 + i, 80.0])
+
     right = np.array([200, 20, 250, 80.0])
     dets = []
     for i in range(60):
@@ -253,12 +261,14 @@ def test_crop_equals_the_reference_crop_of_the_padded_frame(cx, cy, half):
 
 
 @requires_media
-def test_crops_of_a_real_clip_frame_the_face(centerface):
+def test_crops_of_a_real_clip_frame_the_face():
     """Every frame of the 25 fps clip in one track; in the crop the face sits centred, its top near the
     crop's top and the chin margin below (the reference's framing)."""
     from core.media import iter_frames_at, probe_video
+    from models.face_detection import CenterFaceDetector
     from models.sync_faces import crop_track
 
+    centerface = CenterFaceDetector()
     info = probe_video(str(media_file("talk_25fps_844.mp4")))
     frames = list(iter_frames_at(info, Fraction(25)))
     assert len(frames) == info.n_frames
