@@ -102,11 +102,5 @@ class SyncScores(Product):
     first_frame: int
     framewise: tuple[float, ...]
 
-    def window_seconds(self, index: int) -> float:
-        """Time of the middle of window ``index``."""
-        from models.syncnet import FPS, WINDOW
-
-        return (self.first_frame + index + WINDOW / 2) / FPS
-
     def summary(self) -> dict:
         return {"offset": self.offset, "lse_d": self.lse_d, "lse_c": self.lse_c}

@@ -73,10 +73,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def window_seconds(scores: SyncScores, index: int) -> float:
+    """Time of the middle of lip window ``index`` of ``scores``."""
+    from models.syncnet import FPS, WINDOW
+
+    return (scores.first_frame + index + WINDOW / 2) / FPS
+
+
 def scores_json(scores: SyncScores) -> dict:
     """The scores as the JSON of ``score --json``: offset, LSE-D, LSE-C, and the framewise confidence
     with the time of its first window."""
-    return {**scores.summary(), "first_window_seconds": scores.window_seconds(0),
+    return {**scores.summary(), "first_window_seconds": window_seconds(scores, 0),
             "framewise_confidence": list(scores.framewise)}
 
 
@@ -91,7 +98,7 @@ def describe(scores: SyncScores, shown: dict) -> str:
          f"negative = audio late)"),
         f"LSE-D:  {scores.lse_d:.3f} (distance, lower is better; Wav2Lip on LRS2: about 6.4)",
         f"LSE-C:  {scores.lse_c:.3f} (confidence, higher is better; Wav2Lip on LRS2: about 7.8)",
-        f"weakest: {scores.window_seconds(weakest):.2f} s (framewise confidence {scores.framewise[weakest]:.2f})",
+        f"weakest: {window_seconds(scores, weakest):.2f} s (framewise confidence {scores.framewise[weakest]:.2f})",
     ])
 
 
@@ -155,7 +162,7 @@ def confidence_plot(scores: SyncScores, width: int = 720, height: int = 220) -> 
     the clip's offset better than at a typical wrong one; the stretches at or below zero (red) are
     where sync drops. The dashed line is the clip's LSE-C."""
     conf = np.asarray(scores.framewise, np.float64)
-    t = np.array([scores.window_seconds(i) for i in range(len(conf))])
+    t = np.array([window_seconds(scores, i) for i in range(len(conf))])
     t0, t1 = (t[0], t[-1]) if len(t) > 1 else (t[0] - 0.5, t[0] + 0.5)
     lo, hi = min(0.0, conf.min()), max(1.0, conf.max(), scores.lse_c)
     lo, hi = lo - 0.08 * (hi - lo), hi + 0.08 * (hi - lo)

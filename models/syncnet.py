@@ -191,7 +191,8 @@ def evaluate_sync(net: SyncNet, faces: np.ndarray, wav: np.ndarray, vshift: int 
     ``faces``: uint8 (N, 224, 224, 3) BGR crops at 25 fps; ``wav``: int16 mono samples at 16 kHz
     starting with the first crop.
     """
-    faces = np.asarray(faces) if not isinstance(faces, np.ndarray) else faces
+    if not isinstance(faces, np.ndarray):  # a memmap or an array stays as it is: no copy
+        faces = np.asarray(faces)
     if faces.ndim != 4 or faces.shape[1:] != (CROP, CROP, 3) or faces.dtype != np.uint8:
         raise ValueError(f"faces: expected uint8 (N, {CROP}, {CROP}, 3), got {faces.dtype} {faces.shape}")
     wav = np.asarray(wav)

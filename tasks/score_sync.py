@@ -53,7 +53,7 @@ def score_video(video: str, audio: str | None = None, device: str | None = None,
         probe_audio(speech, "audio" if audio else "video")
     except InputError as exc:
         raise InputError(f"{exc}{'' if audio else '; give the speech with --audio'}") from None
-    net, _ = get_model("syncnet", SYNCNET_FILE, device)  # missing weights fail before any decoding
+    net, _ = get_model("syncnet", SYNCNET_FILE, device)  # missing weights fail before frames are decoded
 
     rate = Fraction(FPS)
     n = max(1, round(info.duration * FPS))
