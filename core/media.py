@@ -281,6 +281,15 @@ def _read_raw(stream, width: int, height: int, what: str, **output_args) -> Iter
         raise RuntimeError(f"ffmpeg failed while decoding {what}: {ffmpeg_log(err)}")
 
 
+def iter_frames_at(info: VideoInfo, fps: Fraction) -> Iterator[np.ndarray]:
+    """Stream the frames of a video at the constant rate ``fps``: as stored when it already has that
+    rate, else resampled by their timestamps (frames repeated or dropped, as ffmpeg's ``-r`` does)."""
+    video = ffmpeg.input(info.path)["v:0"]
+    if info.vfr or info.fps != fps:
+        video = video.filter("fps", fps=f"{fps.numerator}/{fps.denominator}")
+    yield from _read_raw(video, info.width, info.height, info.path)
+
+
 def read_video_file_frames(path: str | Path, width: int, height: int) -> Iterator[np.ndarray]:
     """Every frame of one of our own intermediate files, in order, exactly as stored."""
     yield from _read_raw(ffmpeg.input(str(path))["v:0"], width, height, str(path))
@@ -427,6 +436,17 @@ def decode_audio(path: str | Path, sample_rate: int = 16000, role: str = "audio"
         raise InputError(f"{role} {path}: audio stream has zero length")
     samples = samples[: samples.size - samples.size % channels].reshape(-1, channels)
     return samples.mean(axis=1, dtype=np.float32)
+
+
+def decode_pcm16(path: str | Path, sample_rate: int = 16000, role: str = "audio") -> np.ndarray:
+    """The first audio stream as int16 mono samples at ``sample_rate``, downmixed by ffmpeg itself
+    (``-ac 1``): the samples SyncNet's evaluation extracts (not :func:`decode_audio`'s average)."""
+    pcm = ffmpeg.input(str(path))["a:0"].output("pipe:", vn=None, f="s16le", acodec="pcm_s16le", ac=1,
+                                                ar=sample_rate)
+    proc = subprocess.run(ffmpeg_command(pcm), capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise InputError(f"{role} {path}: its audio cannot be decoded ({ffmpeg_log(proc.stderr, 300)})")
+    return np.frombuffer(proc.stdout[: len(proc.stdout) // 2 * 2], "<i2").astype(np.int16)
 
 
 def write_audio_track(src: str | Path, dst: str | Path, codec: str = "flac") -> Path:

@@ -93,3 +93,18 @@ class SilentVideo(Product):
 class FinalVideo(Product):
     video: str              # the muxed file in the work area
     output: str = ""        # where it was published
+
+
+class SyncScores(Product):
+    """SyncNet's verdict on a video (see models/syncnet.py): the offset in frames, LSE-D (lower is
+    better), LSE-C (higher is better), and the confidence of each 5-frame window of the scored face
+    track, whose first frame is ``first_frame`` (frames counted at 25 fps)."""
+
+    offset: int
+    lse_d: float
+    lse_c: float
+    first_frame: int
+    framewise: tuple[float, ...]
+
+    def summary(self) -> dict:
+        return {"offset": self.offset, "lse_d": self.lse_d, "lse_c": self.lse_c}

@@ -7,7 +7,9 @@ jobs whose outputs would coincide fail. Idempotent: a job whose output exists fo
 content and options (recorded in ``<output>.json`` beside it) is skipped. The rest run as subflows
 named after their jobs, a bounded number at a time, sharing one Dask cluster; a failing job fails its
 task run but never stops the others. Each run writes a report (a table artifact and
-``<output prefix>/wav2lip-hq-report.json``), then ends Failed if any job failed.
+``<output prefix>/wav2lip-hq-report.json``), then ends Failed if any job failed. When the SyncNet
+weights are present, the report also gives each output's lip-sync scores (offset, LSE-D, LSE-C) and
+flags those whose LSE-C is under ``min_sync_confidence``.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class BatchJob:
     error: str | None = None
     status: str = "pending"
     seconds: float = 0.0
+    sync: dict | None = None    # offset, lse_d, lse_c of the output (when the SyncNet weights are present)
 
 
 def _join(prefix: str, rel: str) -> str:
@@ -262,11 +265,32 @@ def run_job(job: BatchJob, options: dict, dask_address: str | None) -> BatchJob 
             job.status = _run(job, options, dask_address)
         except Exception as exc:  # noqa: BLE001 - one bad pair must not stop the batch
             job.error = f"{type(exc).__name__}: {exc}"
+    if job.error is None:
+        job.sync = _sync_scores(job.output, options)
     job.seconds = round(time.perf_counter() - start, 2)
     if job.error is None:
         return job
     job.status, job.output = "failed", None
     return Failed(message=job.error, data=job)
+
+
+def _sync_scores(output: str, options: dict) -> dict | None:
+    """The output's scores, found in the work area where its run left them (computed if not)."""
+    from core.workarea import default_work_root
+    from tasks.score_sync import score_output
+
+    scores = score_output(output, options.get("work_dir") or default_work_root(), device=options.get("device"))
+    return scores.summary() if scores else None
+
+
+def report_row(job: BatchJob, min_sync_confidence: float | None) -> dict:
+    """A job as the report shows it; ``min_sync_confidence`` None (no SyncNet weights): no sync columns."""
+    row = asdict(job)
+    sync = row.pop("sync")
+    if min_sync_confidence is not None:
+        row.update(sync or dict.fromkeys(("offset", "lse_d", "lse_c")))
+        row["low_sync"] = None if sync is None else sync["lse_c"] < min_sync_confidence
+    return row
 
 
 class BatchFailed(RuntimeError):
@@ -294,6 +318,7 @@ def batch(
     options: dict[str, Any] | None = None,
     dask_workers: Annotated[int | None, Field(ge=0)] = None,
     allowed_roots: list[str] | None = None,
+    min_sync_confidence: Annotated[float, Field(ge=0)] = 4.0,
 ) -> dict | State:
     """Lip-sync every (audio, video) pair under an input prefix into an output prefix.
 
@@ -312,9 +337,12 @@ def batch(
             0: no Dask).
         allowed_roots: Other prefixes or URLs a manifest's audio and video may come from, e.g.
             ["s3://media/voices"] (default: none; only files under the input prefix).
+        min_sync_confidence: Outputs whose lip-sync confidence (LSE-C) is below this are flagged
+            low_sync in the report (needs syncnet_v2.model; Wav2Lip on LRS2 scores about 7.8).
     """
     from flows import report
     from flows.runners import local_cluster, plan_local_cluster
+    from tasks.score_sync import syncnet_present
 
     for role, url in (("input_prefix", input_prefix), ("output_prefix", output_prefix), ("manifest", manifest),
                       *(("allowed_roots", root) for root in allowed_roots or [])):
@@ -341,14 +369,20 @@ def batch(
         if cluster is not None:
             cluster.close()
     summary = {s: sum(j.status == s for j in done) for s in ("done", "skipped", "failed")}
-    result = {"input_prefix": redact(input_prefix), "output_prefix": redact(output_prefix), **summary,
-              "jobs": [asdict(j) for j in done]}
+    threshold = min_sync_confidence if syncnet_present() else None
+    rows = [report_row(j, threshold) for j in done]
+    sync = {} if threshold is None else {"min_sync_confidence": threshold,
+                                         "low_sync": [r["name"] for r in rows if r["low_sync"]]}
+    result = {"input_prefix": redact(input_prefix), "output_prefix": redact(output_prefix), **summary, **sync,
+              "jobs": rows}
     report_url = _join(output_prefix, REPORT_NAME)
     _make_parent(report_url)
     fs, path = url_to_fs(report_url)
     fs.pipe_file(path, json.dumps(result, indent=1).encode())
     report.quietly(_table, result)
     print(f"batch: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed")
+    if sync.get("low_sync"):
+        print(f"batch: lip-sync confidence under {threshold} in {', '.join(sync['low_sync'])}")
     if summary["failed"]:
         message = f"{summary['failed']} of {len(done)} jobs failed"
         return Failed(message=message, data=BatchFailed(message, result))
@@ -358,6 +392,7 @@ def batch(
 def _table(result: dict) -> None:
     from prefect.artifacts import create_table_artifact
 
+    sync = ("offset", "lse_d", "lse_c", "low_sync") if "min_sync_confidence" in result else ()
     rows = [{"job": j["name"], "status": j["status"], "output": j["output"] or "", "seconds": j["seconds"],
-             "error": j["error"] or ""} for j in result["jobs"]]
+             **{k: j[k] for k in sync}, "error": j["error"] or ""} for j in result["jobs"]]
     create_table_artifact(table=rows, key="batch-report", description="wav2lip-hq batch: one row per job")

@@ -4,6 +4,7 @@
     wav2lip-hq preview --audio speech.mp3 --video talk.mp4 --at 3.5 -o preview.png
     wav2lip-hq faces --video talk.mp4 -o faces.json
     wav2lip-hq models fetch|list|verify [NAME ...]
+    wav2lip-hq score --video out.mp4 [--audio speech.wav] [--json] [--plot sync.png]
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from core.options import PARAMETERS, OptionError, add_cli_arguments, parse_options
+from flows import score
 
 EXIT_BAD_INPUT = 2
 
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = msub.add_parser("verify", help="check present files against the manifest (size, SHA-256); files not "
                         "in it are reported as custom")
     v.add_argument("names", nargs="*", help="file names or paths (default: the ones present)")
+    score.add_parser(sub)
     return p
 
 
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv == ["_flow"]:
         return _flow_child()
     args = build_parser().parse_args(argv)
-    commands = {"models": _models, "preview": _preview, "faces": _faces, "run": _run}
+    commands = {"models": _models, "preview": _preview, "faces": _faces, "score": score.run, "run": _run}
     return commands[args.command](args)
 
 

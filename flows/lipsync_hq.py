@@ -23,6 +23,7 @@ from tasks.extract_audio import extract_audio_task
 from tasks.final_mux import final_mux_task
 from tasks.lipsync import lipsync_task
 from tasks.probe import probe_task
+from tasks.score_sync import score_output
 from tasks.split_video import split_video_task
 
 
@@ -49,6 +50,9 @@ def lipsync_hq(audio: str, video: str, output: str, **options) -> str:
     final = final_mux_task(silent, audio_track, job, work, refresh)
     stages.update(combine_frames=silent, final_mux=final)
 
+    sync = score_output(final.video, work, refresh, opts.device)  # None without syncnet_v2.model
+    if sync:
+        stages["score_sync"] = sync
     report.stage_table(stages, output)
     report.output_link(final.output, opts.enhance)
     report.faces_summary(detections, synced, output)
@@ -59,6 +63,8 @@ def lipsync_hq(audio: str, video: str, output: str, **options) -> str:
         image = report.quietly(report.side_by_side, frames, labels)
         if image is not None:
             report.before_after(image, f"frame at {t:.2f} s", output)
+    if sync:
+        report.sync_report(sync, output)
     return final.output
 
 

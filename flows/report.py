@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.products import FaceDetections, Product, SyncedVideo
+from core.products import FaceDetections, Product, SyncedVideo, SyncScores
 from core.progress import Progress, get_logger
 from core.storage import is_remote, redact, url_to_fs
 
@@ -156,3 +156,22 @@ def faces_summary(detections: FaceDetections, synced: SyncedVideo, output: str) 
           f"Per-frame tracks, boxes and landmarks: `wav2lip-hq faces --video ... -o faces.json`.")
     quietly(create_markdown_artifact, markdown=md, key=artifact_key(output, "faces"),
             description="The faces of the video and how many frames had none to lip-sync.")
+
+
+def sync_report(scores: SyncScores, output: str) -> None:
+    """The output's lip-sync scores (a table) and its framewise confidence over time (a picture)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from flows.score import plot_png
+    from models.syncnet import FPS
+
+    quietly(create_table_artifact, table=[{**scores.summary(), "scored from (s)": round(scores.first_frame / FPS, 2)}],
+            key=artifact_key(output, "sync-scores"),
+            description="SyncNet's verdict on the output: offset in frames (0 = in sync), LSE-D (distance, lower "
+                        "is better) and LSE-C (confidence, higher is better); Wav2Lip on LRS2 scores about 6.4 / 7.8.")
+    png = quietly(plot_png, scores)
+    if png:
+        quietly(create_markdown_artifact, key=artifact_key(output, "sync-plot"),
+                markdown=f"![framewise sync confidence](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
+                         "Framewise confidence over time: red where sync drops.",
+                description="Where lip sync holds and where it drops: SyncNet's confidence per frame.")

@@ -28,6 +28,10 @@ def _load_cached(kind: str, path: str, digest: str, device: str) -> torch.nn.Mod
         from models.s3fd import load_s3fd
 
         return load_s3fd(path, device)
+    if kind == "syncnet":
+        from models.syncnet import load_syncnet
+
+        return load_syncnet(path, device)
     raise ValueError(f"unknown model kind {kind!r}")
 
 

@@ -55,6 +55,12 @@ MANIFEST: dict[str, WeightFile] = {w.name: w for w in (
          "https://github.com/1adrianb/face-alignment/releases/download/v1.1.0/s3fd-619a316812.pth"),
         "619a31681264d3f7f7fc7a16a42cbbe8b23f31a256f75a366e5a1bcd59b33543", 89843225,
         "S3FD face detector of the Wav2Lip reference (optional)"),
+    WeightFile(
+        "syncnet_v2.model",
+        ("https://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",
+         "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model"),
+        "961e8696f888fce4f3f3a6c3d5b3267cf5b343100b238e79b2659bff2c605442", None,
+        "SyncNet of the LSE-D / LSE-C lip-sync scores (optional)"),
 )}
 
 DEFAULT_SET = ("wav2lip_gan.pth", "GFPGANv1.4.pth")

@@ -56,3 +56,37 @@ def make_gfpgan_checkpoint(path: str | Path, seed: int = 0, key: str = "params_e
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({key: sd}, path)
     return path
+
+
+def make_syncnet_checkpoint(path: str | Path, seed: int = 0, counters: bool = True) -> Path:
+    """Like ``syncnet_v2.model``: a plain state dict of module ``S`` (no prefix, no wrapper) in torch's
+    legacy (pre-zip) serialization. ``counters=False`` leaves out the BatchNorm ``num_batches_tracked``
+    buffers, as files saved before PyTorch 0.4.1 do.
+
+    The BatchNorm statistics are those of random inputs on the pixel and MFCC scales the network gets,
+    and the last layers are scaled down, so embedding distances are of order 10, as a trained network's.
+    """
+    from collections import OrderedDict
+
+    from models.syncnet import SyncNet
+
+    net = SyncNet()
+    net.load_state_dict(_randomize(net, seed))
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: the statistics of the calibration batch
+    net.train()
+    with torch.no_grad():
+        net.forward_lip(torch.rand((6, 3, 5, 224, 224), generator=g) * 255)
+        net.forward_aud(torch.randn((6, 1, 13, 20), generator=g) * 20)
+        for head in (net.netfcaud, net.netfclip):
+            head[3].weight.mul_(0.1)
+            head[3].bias.mul_(0.1)
+    sd = OrderedDict((k, v.clone()) for k, v in net.state_dict().items()
+                     if counters or not k.endswith("num_batches_tracked"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    return path
