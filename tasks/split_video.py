@@ -12,16 +12,16 @@ from core.storage import local_copy
 
 CHUNKS_PER_WORKER = 2   # a worker that finishes early takes another chunk instead of idling at the end
 MIN_CHUNK_FRAMES = 4    # a worker's share is halved only when each half keeps at least this many frames
-MAX_CHUNK_FRAMES = 50   # long clips: chunks of ~2 min of CPU work, so progress moves and a resumed run loses little
+MAX_CHUNK_FRAMES = 50   # ~2 min of CPU work (bf16): progress moves, a resumed run redoes little
 
 
 def chunk_frames_for(n_frames: int, workers: int) -> int:
     """Frames per enhancement chunk for ``n_frames`` on ``workers`` parallel workers.
 
     Every worker gets the same number of chunks (as far as there are frames): one, two when each keeps
-    at least ``MIN_CHUNK_FRAMES`` frames, more when chunks would exceed ``MAX_CHUNK_FRAMES``. On CPU a chunk's fixed
-    cost (a task run, two ffmpeg pipes, a manifest; well under a second) stays small beside even one
-    face (2-4 s of GFPGAN).
+    at least ``MIN_CHUNK_FRAMES`` frames, more when chunks would pass ``MAX_CHUNK_FRAMES``. A chunk's
+    fixed cost (a task run, two ffmpeg pipes, a manifest) is small beside a face on a CPU worker (2-4 s
+    of GFPGAN); GPU workers, ~100x faster per face, would want a larger floor.
     """
     if n_frames < 1 or workers < 1:
         raise ValueError(f"need frames and workers, got {n_frames} frames for {workers} workers")
