@@ -35,7 +35,7 @@ run: setup models
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# the five performance benchmarks (bench/run.py); PROFILE=quick|standard|full, JSON=results.json
+# the six performance benchmarks (bench/run.py), one table; PROFILE=quick|standard|full, JSON=results.json
 PROFILE ?= standard
 bench: setup
 	$(BIN)/python -m bench.run --profile $(PROFILE) $(if $(JSON),--json $(JSON)) $(ARGS)

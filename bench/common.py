@@ -21,11 +21,12 @@ def loop_to(src: str, seconds: float, dst: Path, audio: bool) -> str:
 
 @contextmanager
 def weights_available() -> Iterator[str]:
-    """The published weights when in the models directory, else random-weight files in their official
-    layout (same compute) in a temporary models directory; yields which."""
+    """The published weights when in the models directory (Wav2Lip GAN, GFPGAN 1.4 and 1.3: the seed's),
+    else random-weight files in their official layout (same compute) in a temporary models directory;
+    yields which."""
     from models.weights import weight_path
 
-    if weight_path("wav2lip_gan.pth").is_file() and weight_path("GFPGANv1.4.pth").is_file():
+    if all(weight_path(n).is_file() for n in ("wav2lip_gan.pth", "GFPGANv1.4.pth", "GFPGANv1.3.pth")):
         yield "published"
         return
     from tests.checkpoints import make_gfpgan_checkpoint, make_wav2lip_checkpoint
@@ -33,6 +34,7 @@ def weights_available() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="bench-models-") as d:
         make_wav2lip_checkpoint(Path(d) / "wav2lip_gan.pth")
         make_gfpgan_checkpoint(Path(d) / "GFPGANv1.4.pth")
+        make_gfpgan_checkpoint(Path(d) / "GFPGANv1.3.pth", seed=1)
         old = os.environ.get("WAV2LIP_HQ_MODELS_DIR")
         os.environ["WAV2LIP_HQ_MODELS_DIR"] = d
         try:

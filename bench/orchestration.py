@@ -71,10 +71,28 @@ def prefect_server(timeout: float = 180.0):
 
 
 # -------------------------------------------------------------------------------------- flow child
-def run_flow(audio: str, video: str, out: str, work: str, precision: str, chunk_frames: int,
-             dask_workers: int | None) -> dict:
+def stage_walls(work: str | Path) -> dict:
+    """What a flow run left in its (local) work area: each stage's wall seconds (a mapped stage: from
+    its first chunk's start to its last chunk's end), the enhancement chunks and the workers that ran
+    them, and the faces restored."""
+    from bench.pipeline import count_faces
+
+    runs: dict[str, list[dict]] = {}
+    for m in Path(work).glob("*/*/manifest.json"):
+        runs.setdefault(m.parent.parent.name, []).append(json.loads(m.read_text()))
+    walls = {name: max(r["started"] + r["seconds"] for r in rs) - min(r["started"] for r in rs)
+             for name, rs in runs.items()}
+    chunks = runs.get("enhance_chunk", [])
+    synced = SyncedVideo.model_validate(runs["lipsync"][0])
+    return {"stages": walls, "chunks": len(chunks), "chunk_workers": len({c["worker"] for c in chunks}),
+            "frames": synced.n_frames, "size": [synced.width, synced.height],
+            "faces": count_faces(synced.face_track, synced.n_frames, synced.n_source)}
+
+
+def run_flow(audio: str, video: str, out: str, work: str, precision: str, chunk_frames: int | str,
+             dask_workers: int | None, **options) -> dict:
     """The flow as it exists, enhancement on. ``dask_workers``: 0 no Dask, k a local cluster of k
-    workers, None the flow's own default plan.
+    workers, None the flow's own default plan. ``options``: other flow parameters (``upscale``, ...).
 
     The flow maps enhancement over a Dask cluster of its own making (flows/runners.py, parameter
     ``dask_workers``). For a flow without that parameter, a DaskTaskRunner on a LocalCluster is given
@@ -86,7 +104,7 @@ def run_flow(audio: str, video: str, out: str, work: str, precision: str, chunk_
     from flows.lipsync_hq import lipsync_hq
 
     kwargs = {"audio": audio, "video": video, "output": out, "enhance": True, "precision": precision,
-              "chunk_frames": chunk_frames, "work_dir": work}
+              "chunk_frames": chunk_frames, "work_dir": work, **options}
     flow, plan = lipsync_hq, None
     if "dask_workers" in inspect.signature(lipsync_hq.fn).parameters:
         kwargs["dask_workers"] = dask_workers
@@ -110,7 +128,7 @@ def run_flow(audio: str, video: str, out: str, work: str, precision: str, chunk_
         plan = {"n_workers": n, "threads_per_worker": threads, "flow_level_runner": True}
     t = time.perf_counter()
     flow(**kwargs)
-    return {"total": time.perf_counter() - t, "dask_workers": dask_workers, "plan": plan}
+    return {"total": time.perf_counter() - t, "dask_workers": dask_workers, "plan": plan, **stage_walls(work)}
 
 
 # -------------------------------------------------------------------------------------- scaling
@@ -183,12 +201,16 @@ def main() -> None:
     f.add_argument("--video", required=True)
     f.add_argument("--out", required=True)
     f.add_argument("--precision", default="bf16")
-    f.add_argument("--chunk-frames", type=int, default=50)
+    f.add_argument("--chunk-frames", default="auto", help="a number, or auto")
     f.add_argument("--dask-workers", default="1", help="0: no Dask; k: k workers; default: the flow's plan")
+    f.add_argument("--upscale", type=int, default=1)
+    f.add_argument("--gfpgan", dest="gfpgan_version", default="1.4")
     args = p.parse_args()
     workers = None if args.dask_workers == "default" else int(args.dask_workers)
     with tempfile.TemporaryDirectory(prefix="bench-flow-") as work:
-        res = run_flow(args.audio, args.video, args.out, work, args.precision, args.chunk_frames, workers)
+        chunk_frames = args.chunk_frames if args.chunk_frames == "auto" else int(args.chunk_frames)
+        res = run_flow(args.audio, args.video, args.out, work, args.precision, chunk_frames, workers,
+                       upscale=args.upscale, gfpgan_version=args.gfpgan_version)
     print("BENCH_RESULT " + json.dumps(res), flush=True)
 
 if __name__ == "__main__":

@@ -83,13 +83,14 @@ def loaded_models(gfpgan: bool = True) -> dict:
 
 
 def run_ours(audio: str, video: str, out: str | Path, tmp: str | Path, precision: str = "fp32",
-             chunk_frames: int = 50, enhance_chunks: int = -1, crf: int = 18, preset: str = "medium",
-             batch_size: int = 0) -> dict:
+             chunk_frames: int | str = "auto", enhance_chunks: int = -1, crf: int = 18, preset: str = "medium",
+             batch_size: int = 0, **options) -> dict:
     """The flow's stages in its order, each through its task's plain function (no Prefect), in a new
     work area under ``tmp``; the final video is published to ``out``.
 
     ``enhance_chunks``: -1 enhances every chunk, N the first N only (the others go to combine_frames
-    as lip-synced), 0 none. Returns {"times": {stage: s}, "frames", "faces", "size", ...}.
+    as lip-synced), 0 none. ``options``: other :class:`RunOptions` fields (``upscale``, ...). Chunks are
+    enhanced one after another, as by one worker (``auto`` sizes them so). Returns {"times": {stage: s}, "frames", "faces", "size", ...}.
     """
     from core.options import RunOptions
     from tasks.combine_frames import combine_frames_task
@@ -102,7 +103,7 @@ def run_ours(audio: str, video: str, out: str | Path, tmp: str | Path, precision
     from tasks.split_video import split_video_task
 
     opts = RunOptions(precision=precision, chunk_frames=chunk_frames, batch_size=batch_size, crf=crf,
-                      preset=preset, enhance=enhance_chunks != 0, device="cpu", dask_workers=0)
+                      preset=preset, enhance=enhance_chunks != 0, device="cpu", dask_workers=0, **options)
     work, refresh = str(Path(tmp) / "work"), False
     times: dict[str, float] = {}
     hwm: dict[str, float] = {}
@@ -191,7 +192,7 @@ def main() -> None:
     p.add_argument("--video", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
-    p.add_argument("--chunk-frames", type=int, default=50)
+    p.add_argument("--chunk-frames", default="auto", help="a number, or auto")
     p.add_argument("--enhance-chunks", type=int, default=-1)
     p.add_argument("--preset", default="medium")
     p.add_argument("--instrument", action="store_true", help="also time model forwards and detection "

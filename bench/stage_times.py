@@ -23,7 +23,7 @@ def main() -> None:
     p.add_argument("--video", required=True)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--chunk-frames", type=int, default=50)
+    p.add_argument("--chunk-frames", default="auto", help="a number, or auto")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-stages-") as tmp, weights_available() as kind:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import inspect
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
+from annotated_types import Ge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
+
+# a positive count, or "auto": the run works it out (the CLI takes either; the limits are the integer's)
+CountOrAuto = Annotated[int, Ge(1)] | Literal["auto"]
 
 
 def option(default: Any, help: str, *, flag: str | None = None, **limits: Any) -> Any:
@@ -77,8 +81,9 @@ class RunOptions(BaseModel):
                       ge=0, le=51)
     preset: Literal["ultrafast", "veryfast", "fast", "medium", "slow"] = option(
         "medium", "H.264 encoder speed/size trade-off.")
-    chunk_frames: int = option(50, "Frames per enhancement chunk; chunks run in parallel on the Dask workers.",
-                               ge=1)
+    chunk_frames: CountOrAuto = option(
+        "auto", "Frames per enhancement chunk; chunks run in parallel on the Dask workers. auto: sized from the "
+        "frame count and the workers available, at least two chunks per worker when the clip is long enough.")
     batch_size: int = option(0, "Frames per Wav2Lip generator call; 0 = automatic (16 on CPU, 128 on CUDA).",
                              ge=0, le=512)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
@@ -175,6 +180,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser, names: list[str] | None =
             kwargs.update(type=_four_ints(FOUR_INTS[name]), metavar="'TOP BOTTOM LEFT RIGHT'")
         elif choices:
             kwargs.update(choices=choices, type=type(choices[0]))
+        elif f.annotation == CountOrAuto:
+            kwargs.update(type=str, metavar="N|auto")  # the model turns N into a number and checks it
         else:
             kwargs["type"] = _scalar(f.annotation)
         if f.is_required():
@@ -210,14 +217,10 @@ class OptionError(ValueError):
 
 
 def _choices(annotation: Any) -> list | None:
-    from typing import get_args, get_origin
-
     return list(get_args(annotation)) if get_origin(annotation) is Literal else None
 
 
 def _scalar(annotation: Any) -> type:
-    from typing import get_args
-
     for t in (int, float, str):
         if annotation is t or t in get_args(annotation):
             return t
@@ -246,10 +249,16 @@ def markdown_table() -> str:
         default = "required" if f.is_required() else f"`{_show(f.default)}`"
         choices = _choices(f.annotation)
         extra = f" One of: {', '.join(f'`{c}`' for c in choices)}." if choices else ""
-        limits = [f"{sign} {getattr(m, attr)}" for m in f.metadata for attr, sign in LIMITS if hasattr(m, attr)]
+        limits = [f"{sign} {getattr(m, attr)}" for m in _metadata(f) for attr, sign in LIMITS if hasattr(m, attr)]
         extra += f" Limits: {', '.join(limits)}." if limits else ""
         rows.append(f"| `{'`, `'.join(cli_flags(name))}` | `{name}` | {default} | {f.description}{extra} |")
     return "\n".join(rows)
+
+
+def _metadata(f: FieldInfo) -> list:
+    """The field's constraints, and those of a union's annotated member (``CountOrAuto``'s integer)."""
+    members = [a.__metadata__ for a in get_args(f.annotation) if get_origin(a) is Annotated]
+    return [*f.metadata, *(m for meta in members for m in meta)]
 
 
 if __name__ == "__main__":

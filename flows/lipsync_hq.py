@@ -14,7 +14,7 @@ from core.options import RunOptions, flow_parameters
 from core.products import Chunk, Product, SyncedVideo
 from core.workarea import default_work_root
 from flows import report
-from flows.runners import enhancement_runner
+from flows.runners import enhancement_runner, enhancement_workers
 from tasks import enhance_chunk
 from tasks.combine_frames import combine_frames_task
 from tasks.detect_faces import detect_faces_task
@@ -38,7 +38,10 @@ def lipsync_hq(audio: str, video: str, output: str, **options) -> str:
     job = probe_task(audio, video, output, opts)
     detections = detect_faces_task(job, opts, work, refresh)
     synced = lipsync_task(job, detections, opts, work, refresh)
-    chunks = split_video_task(synced, opts, work, refresh)
+    # auto chunks are sized to the workers that enhance them (explicit sizes need no count)
+    workers = (enhancement_workers(opts.dask_address, opts.dask_workers)
+               if opts.enhance and opts.chunk_frames == "auto" else 1)
+    chunks = split_video_task(synced, opts, work, refresh, workers)
     audio_track = extract_audio_task(synced, work, refresh)
     stages: dict[str, Product | list[Product]] = {"detect_faces": detections, "lipsync": synced,
                                                   "split_video": chunks, "extract_audio": audio_track}

@@ -7,6 +7,7 @@ torch thread count, so workers sharing a machine do not fight over cores.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -121,6 +122,35 @@ def _local_cluster(n_workers: int, threads_per_worker: int, gpus: int, **kwargs)
     return cluster
 
 
+def _scheduler(dask_address: str | None) -> tuple[str | None, bool]:
+    """The existing scheduler to use (``dask_address`` or ``WAV2LIP_HQ_DASK_ADDRESS``), and whether its
+    enhancement tasks must ask for a GPU (``WAV2LIP_HQ_DASK_GPU=1``)."""
+    address = dask_address or os.environ.get("WAV2LIP_HQ_DASK_ADDRESS") or None
+    return address, os.environ.get("WAV2LIP_HQ_DASK_GPU", "0") == "1"
+
+
+def enhancement_workers(dask_address: str | None = None, dask_workers: int | None = None) -> int:
+    """How many enhancement chunks run at once on the runner :func:`enhancement_runner` gives.
+
+    An existing scheduler is asked now: its workers' threads (or their GPU resources when tasks ask for
+    one). A local cluster is not started for this: its plan says.
+    """
+    address, gpu = _scheduler(dask_address)
+    if address:
+        from distributed import Client
+
+        with Client(address, timeout=60, set_as_default=False) as client:
+            workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        slots = sum(w.get("resources", {}).get("GPU", 0) if gpu else w["nthreads"] for w in workers)
+        return max(1, int(slots))
+    if dask_workers == 0:
+        return 1
+    plan = plan_local_cluster(dask_workers)
+    if plan.gpus and importlib.util.find_spec("dask_cuda") is None:
+        return 1  # local_cluster then runs one worker for all GPUs
+    return plan.n_workers
+
+
 def enhancement_runner(dask_address: str | None = None, dask_workers: int | None = None):
     """The task runner for enhancement chunks, and whether its tasks must ask for a GPU.
 
@@ -129,11 +159,10 @@ def enhancement_runner(dask_address: str | None = None, dask_workers: int | None
     """
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    address = dask_address or os.environ.get("WAV2LIP_HQ_DASK_ADDRESS") or None
+    address, gpu = _scheduler(dask_address)
     if address:
         from prefect_dask import DaskTaskRunner
 
-        gpu = os.environ.get("WAV2LIP_HQ_DASK_GPU", "0") == "1"
         return DaskTaskRunner(address=address), gpu
     if dask_workers == 0:
         return ThreadPoolTaskRunner(max_workers=1), False
