@@ -13,6 +13,7 @@ from core.products import Chunk, SyncedVideo
 from core.progress import Progress
 from core.stage import Stage
 from core.storage import local_copy
+from models.batching import default_batch
 from models.face_track import FaceTrack, source_index
 from models.restorer import MIN_EYE_DISTANCE, align_face, eye_distance, paste_face, restore_faces
 
@@ -33,7 +34,7 @@ def enhance_chunk(chunk: Chunk, face_track: str, synced: SyncedVideo, out_dir: s
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / Path(chunk.path).name
     u, width, height = opts.upscale, synced.width, synced.height
-    face_batch = face_batch or (8 if device.type == "cuda" else 1)
+    face_batch = face_batch or default_batch("gfpgan", device)
     # the flow logs the chunks' aggregate progress; a chunk's own line comes at its end (or every 30 s)
     progress = Progress(f"enhance chunk {chunk.index}", chunk.n_frames, every=100.0)
     pending: list[tuple[np.ndarray, list]] = []  # frames waiting for their faces' batch

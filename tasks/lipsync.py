@@ -17,7 +17,7 @@ from core.progress import Progress, get_logger
 from core.stage import Stage
 from core.storage import local_copy
 from models.audio import frame_count, mel_windows, melspectrogram
-from models.batching import split_on_oom
+from models.batching import default_batch, split_on_oom
 from models.face_track import Detections, FaceTrack, build_plan, source_index, track_faces
 from models.precision import autocast, resolve_precision
 from models.wav2lip import FACE_SIZE
@@ -40,7 +40,7 @@ def lipsync(audio: AudioInfo, video: VideoInfo, detections: str | Path, out_dir:
     n_out = frame_count(len(wav), video.fps)
     windows = mel_windows(mel, n_out, video.fps)
     model, device = get_model("wav2lip", opts.checkpoint, opts.device)
-    batch_size = opts.batch_size or (128 if device.type == "cuda" else 16)
+    batch_size = opts.batch_size or default_batch("wav2lip", device)
 
     dets = Detections.load(detections)
     if dets.n_frames != video.n_frames:
