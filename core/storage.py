@@ -236,3 +236,11 @@ def publish(local_file: str | Path, url: str) -> str:
         fs, path = url_to_fs(url)
         fs.put_file(str(local_file), path)
     return url
+
+
+def publish_bytes(data: bytes, url: str) -> str:
+    """Write ``data`` to ``url`` (a path or URL) whole, as :func:`publish` does a file."""
+    with tempfile.TemporaryDirectory(prefix="wav2lip-hq-publish-") as tmp:
+        local = Path(tmp) / (Path(url).name or "data")
+        local.write_bytes(data)
+        return publish(local, url)

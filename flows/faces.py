@@ -3,12 +3,11 @@ speaker that ``--face`` chooses: the data behind the lip-sync box and the restor
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from core.errors import InputError
 from core.options import RunOptions
-from core.storage import check_output, local_copy, publish
+from core.storage import check_output, local_copy, publish_bytes
 from models.face_track import choose_speaker, track_faces, tracks_json
 from tasks.detect_faces import DETECT_MAX_SIDE, detect_faces
 from tasks.probe import check_regions, probe_media
@@ -25,8 +24,5 @@ def faces(video: str, output: str, opts: RunOptions = RunOptions()) -> dict:
         dets = detect_faces(info.at(v), opts.detector, DETECT_MAX_SIDE, opts.device)
     tracks = track_faces(dets, float(info.fps), opts.smooth)
     data = tracks_json(tracks, choose_speaker(tracks, opts.face, info.width, info.height), info)
-    with tempfile.TemporaryDirectory(prefix="wav2lip-hq-faces-") as tmp:
-        local = Path(tmp) / "faces.json"
-        local.write_text(json.dumps(data))
-        publish(local, output)
+    publish_bytes(json.dumps(data).encode(), output)
     return data

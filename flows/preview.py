@@ -9,7 +9,6 @@ GFPGAN on its faces. No Prefect run, no Dask cluster.
 from __future__ import annotations
 
 import itertools
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from core.errors import InputError
 from core.media import decode_audio, iter_frames, read_still
 from core.options import RunOptions
-from core.storage import check_output, local_copy, publish
+from core.storage import check_output, local_copy, publish_bytes
 from flows.report import side_by_side
 from models.audio import frame_count, mel_windows, melspectrogram
 from models.face_track import build_plan, parse_face, source_index, track_faces
@@ -81,8 +80,7 @@ def write_image(image: np.ndarray, output: str) -> str:
     """Encode ``image`` and publish it to ``output`` (a path or URL) whole."""
     import cv2
 
-    with tempfile.TemporaryDirectory(prefix="wav2lip-hq-preview-") as tmp:
-        local = Path(tmp) / f"preview{Path(output).suffix.lower()}"
-        if not cv2.imwrite(str(local), image):
-            raise RuntimeError(f"output {output}: the image could not be encoded")
-        return publish(local, output)
+    ok, data = cv2.imencode(Path(output).suffix.lower(), image)
+    if not ok:
+        raise RuntimeError(f"output {output}: the image could not be encoded")
+    return publish_bytes(data.tobytes(), output)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -127,15 +126,14 @@ def check_plot_path(path: str) -> None:
 
 
 def write_plot(scores: SyncScores, path: str) -> Path:
-    """Encode :func:`confidence_plot` to ``path`` under a temporary name, then move it into place."""
+    """Encode :func:`confidence_plot` and write it to ``path`` whole."""
+    from core.storage import publish_bytes
+
     dest = Path(path).expanduser()
     ok, data = cv2.imencode(dest.suffix.lower(), confidence_plot(scores))
     if not ok:
         raise RuntimeError(f"could not encode the plot as {dest.suffix}")
-    tmp = dest.with_name(f".{dest.name}.part")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, dest)
-    return dest
+    return Path(publish_bytes(data.tobytes(), str(dest)))
 
 
 def plot_png(scores: SyncScores) -> bytes:
