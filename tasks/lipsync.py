@@ -3,7 +3,9 @@ and the face track it used (the enhancer aligns faces on it)."""
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -63,15 +65,32 @@ def lipsync(audio: AudioInfo, video: VideoInfo, detections: str | Path, out_dir:
     progress = Progress("lip-sync", n_out)
     out_path = out_dir / "synced.mkv"
     with FrameWriter(out_path, video.width, video.height, video.fps, codec="ffv1", audio=audio.path,
-                     audio_codec="flac") as writer, SourceFrames(video, n_out, opts.loop, out_dir) as source:
-        batch: list[tuple[np.ndarray, int, int]] = []
-        for i in range(n_out):
-            frame, src = source.frame(i)
-            batch.append((frame, i, src))
-            if len(batch) == batch_size or i == n_out - 1:
-                writer.write_all(sync_frames(model, device, batch, plan, windows, opts))
-                progress.update(len(batch))
-                batch = []
+                     audio_codec="flac") as writer, SourceFrames(video, n_out, opts.loop, out_dir) as source, \
+            ThreadPoolExecutor(1, "lipsync-decode") as decoder, ThreadPoolExecutor(1, "lipsync-encode") as encoder:
+        # the network keeps the cores busy while one thread decodes the next batch and another pastes and
+        # encodes the previous one (ffmpeg's pipes alone hold less than a frame, so they would run in series)
+        def read(start: int) -> list[tuple[np.ndarray, int, int]]:
+            return [(frame, i, src) for i in range(start, min(start + batch_size, n_out))
+                    for frame, src in [source.frame(i)]]
+
+        def write(batch: list[tuple[np.ndarray, int, int]], prediction: Prediction) -> None:
+            writer.write_all(paste_batch(batch, prediction, opts.mask))
+
+        ahead = decoder.submit(read, 0)
+        behind, done = None, 0
+        for start in range(0, n_out, batch_size):
+            batch = ahead.result()
+            if start + batch_size < n_out:
+                ahead = decoder.submit(read, start + batch_size)
+            prediction = predict_batch(model, device, batch, plan, windows, opts)
+            if behind is not None:
+                behind.result()
+                progress.update(start - done)  # here, in the run's thread: Prefect's logger needs its context
+                done = start
+            behind = encoder.submit(write, batch, prediction)
+        if behind is not None:
+            behind.result()
+            progress.update(n_out - done)
     if writer.count != n_out:
         raise RuntimeError(f"lip-sync wrote {writer.count} frames, expected {n_out}")
     return SyncedVideo(video=str(out_path), face_track=str(faces_path), fps_num=video.fps_num,
@@ -168,23 +187,41 @@ def paste(frame: np.ndarray, prediction: np.ndarray, box: tuple[int, int, int, i
     return out
 
 
-def sync_frames(model, device, batch: list[tuple[np.ndarray, int, int]], plan: FaceTrack, windows: np.ndarray,
-                opts: RunOptions) -> list[np.ndarray]:
-    """Lip-sync a batch of (frame, output index, source index): Wav2Lip on the planned boxes with each
-    output frame's mel window, pasted back; frames without a box come back unchanged."""
-    frames = [f for f, _, _ in batch]
+class Prediction(NamedTuple):
+    """Wav2Lip's output for the frames of a batch that have a face box."""
+    work: list[int]                            # positions in the batch
+    boxes: list[tuple[int, int, int, int]]     # x1, y1, x2, y2 in each of those frames
+    faces: np.ndarray                          # (len(work), 96, 96, 3) uint8 BGR
+
+
+def predict_batch(model, device, batch: list[tuple[np.ndarray, int, int]], plan: FaceTrack, windows: np.ndarray,
+                  opts: RunOptions) -> Prediction:
+    """Wav2Lip on a batch of (frame, output index, source index): the planned boxes with each output
+    frame's mel window."""
     work = [k for k, (_, _, src) in enumerate(batch) if plan.sync[src]]
     if not work:
-        return frames
+        return Prediction([], [], np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8))
     boxes = [tuple(int(v) for v in plan.boxes[batch[k][2]]) for k in work]
-    faces = prepare_faces([frames[k][y1:y2, x1:x2] for k, (x1, y1, x2, y2) in zip(work, boxes)]).to(device)
+    faces = prepare_faces([batch[k][0][y1:y2, x1:x2] for k, (x1, y1, x2, y2) in zip(work, boxes)]).to(device)
     mels = torch.from_numpy(windows[[batch[k][1] for k in work]][:, None]).to(device)
     with torch.inference_mode(), autocast(device, opts.precision):
         pred = split_on_oom(model, mels, faces)
-    pred = (pred.float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
-    for k, p, b in zip(work, pred, boxes):
-        frames[k] = paste(frames[k], p, b, opts.mask)
+    return Prediction(work, boxes, (pred.float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8))
+
+
+def paste_batch(batch: list[tuple[np.ndarray, int, int]], prediction: Prediction, mask: str) -> list[np.ndarray]:
+    """The batch's frames with the predicted faces pasted in; frames without a box come back unchanged."""
+    frames = [f for f, _, _ in batch]
+    for k, face, box in zip(prediction.work, prediction.faces, prediction.boxes):
+        frames[k] = paste(frames[k], face, box, mask)
     return frames
+
+
+def sync_frames(model, device, batch: list[tuple[np.ndarray, int, int]], plan: FaceTrack, windows: np.ndarray,
+                opts: RunOptions) -> list[np.ndarray]:
+    """Lip-sync a batch of (frame, output index, source index): :func:`predict_batch`, then
+    :func:`paste_batch`."""
+    return paste_batch(batch, predict_batch(model, device, batch, plan, windows, opts), opts.mask)
 
 
 # what the synced frames depend on among the options (the rest belong to other stages)

@@ -124,6 +124,59 @@ def test_fixed_box_is_the_reference_inference(models_dir, short_clip, tmp_path):
         np.testing.assert_array_equal(got, want, err_msg=f"frame {i}")
 
 
+def test_overlapped_stage_makes_the_frames_of_batch_by_batch_calls(models_dir, short_clip, tmp_path):
+    """Decoding ahead and pasting/encoding behind the network (threads) changes no pixel and no order:
+    the stage's frames equal :func:`sync_frames` called batch after batch on the source frames."""
+    from models.audio import frame_count, mel_windows
+    from models.loading import get_model
+    from tasks.lipsync import sync_frames
+
+    clip, audio = short_clip
+    opts = RunOptions(batch_size=4)  # 30 output frames from 10 source frames: 8 batches, the spool read backward
+    synced, frames, plan, src = run_lipsync(clip, audio, tmp_path / "out", batch_size=4)
+    model, device = get_model("wav2lip", "wav2lip_gan.pth", "cpu")
+    wav = decode_audio(audio)
+    windows = mel_windows(melspectrogram(wav), frame_count(len(wav), synced.fps), synced.fps)
+    expected = []
+    for start in range(0, synced.n_frames, 4):
+        batch = [(src[source_index(i, len(src), "pingpong")], i, source_index(i, len(src), "pingpong"))
+                 for i in range(start, min(start + 4, synced.n_frames))]
+        expected += sync_frames(model, device, batch, plan, windows, opts)
+    assert len(frames) == len(expected) == 30
+    for i, (got, want) in enumerate(zip(frames, expected)):
+        np.testing.assert_array_equal(got, want, err_msg=f"frame {i}")
+
+
+@pytest.mark.parametrize("where", ["decode", "network", "encode"])
+def test_a_failure_in_any_thread_stops_the_stage_cleanly(models_dir, short_clip, tmp_path, monkeypatch, where):
+    """An error while decoding ahead, in the network or while encoding behind reaches the caller as it was
+    raised, and leaves no output, no partial file and no spool behind."""
+    import tasks.lipsync as stage
+
+    calls = {"n": 0}
+
+    def failing(original, at):
+        def call(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise RuntimeError(f"boom in {where}")
+            return original(*args, **kwargs)
+        return call
+
+    if where == "decode":
+        monkeypatch.setattr(stage.SourceFrames, "frame", failing(stage.SourceFrames.frame, 13))
+    elif where == "network":
+        monkeypatch.setattr(stage, "predict_batch", failing(stage.predict_batch, 3))
+    else:
+        monkeypatch.setattr(stage, "paste_batch", failing(stage.paste_batch, 2))
+    clip, audio = short_clip
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=f"boom in {where}"):
+        run_lipsync(clip, audio, out, batch_size=4)
+    assert calls["n"] >= 2
+    assert sorted(p.name for p in out.iterdir()) == ["faces.npz"]  # the face plan is written first
+
+
 @pytest.mark.parametrize("loop", ["pingpong", "forward"])
 def test_loop_order_of_source_frames(models_dir, tmp_path, loop):
     src = numbered_frames(6, 64, 48)  # no face: lip-sync passes the frames through unchanged
