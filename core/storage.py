@@ -145,23 +145,24 @@ def local_copy(url: str, role: str = "input") -> Iterator[str]:
             raise
 
 
-def check_output(url: str, inputs: list[str]) -> None:
-    """Fail early when the output would overwrite an input or cannot be written."""
+def check_output(url: str, inputs: list[str], role: str = "output") -> None:
+    """Fail early when the output would overwrite an input or cannot be written; ``role`` names it in
+    the messages (``output``, ``plot``, ...)."""
     url = str(url)
     if not is_remote(url):
-        refuse_special_output(url)
+        refuse_special_output(url, role)
         out = Path(_strip_file_scheme(url)).expanduser().resolve()
         for given in inputs:
             if not is_remote(given) and Path(_strip_file_scheme(given)).expanduser().resolve() == out:
-                raise InputError(f"output {url}: is the same file as the input {given}; "
-                                 f"choose another output path (inputs are never modified)")
+                raise InputError(f"{role} {url}: is the same file as the input {given}; "
+                                 f"choose another {role} path (inputs are never modified)")
         parent = out.parent
         if out.is_dir():
-            raise InputError(f"output {url}: is a directory; give a file name such as {out / 'out.mp4'}")
+            raise InputError(f"{role} {url}: is a directory; give the path of a file in it")
         if not parent.is_dir():
-            raise InputError(f"output {url}: its directory {parent} does not exist")
+            raise InputError(f"{role} {url}: its directory {parent} does not exist")
         if (why := not_writable(parent)) is not None:
-            raise InputError(f"output {url}: its directory {parent} is not writable ({why})")
+            raise InputError(f"{role} {url}: its directory {parent} is not writable ({why})")
         return
     if url in inputs:
         raise InputError(f"output {redact(url)}: is the same object as an input; choose another output URL")
@@ -203,15 +204,15 @@ def refuse_special_input(url: str, role: str) -> None:
         raise InputError(f"{role} {url}: is not a regular file (a pipe, device or socket); save it to a file first")
 
 
-def refuse_special_output(url: str) -> None:
+def refuse_special_output(url: str, role: str = "output") -> None:
     """An existing output must be a regular file: a device (``/dev/null``), a FIFO or a symlink (such as
     ``/dev/stdout``) would otherwise be replaced by our file."""
     path = Path(_strip_file_scheme(str(url))).expanduser()
     if path.is_symlink():
-        raise InputError(f"output {url}: is a symbolic link; give the path of a regular file (links are never "
+        raise InputError(f"{role} {url}: is a symbolic link; give the path of a regular file (links are never "
                          f"replaced)")
     if _special(path):
-        raise InputError(f"output {url}: exists and is not a regular file (a device, FIFO or socket); "
+        raise InputError(f"{role} {url}: exists and is not a regular file (a device, FIFO or socket); "
                          f"give the path of a regular file")
 
 

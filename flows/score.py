@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                 refuse_credentials_in_url(url, role)
                 refuse_special_input(url, role)
         if args.plot:
-            check_plot_path(args.plot)
+            check_plot_path(args.plot, [u for u in (args.video, args.audio) if u])
         check_device(RunOptions(device=args.device))
         require(SYNCNET_FILE)
         with local_copy(args.video, "video") as video:
@@ -102,27 +102,17 @@ def describe(scores: SyncScores, shown: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ the plot
-def check_plot_path(path: str) -> None:
-    """A plot path that can be written: a known image type, an existing writable folder, not a device."""
+def check_plot_path(path: str, inputs: list[str]) -> None:
+    """A plot path that can be written: a known image type, an existing writable folder, not a device,
+    not one of the ``inputs``."""
     from core.errors import InputError
-    from core.storage import not_writable, refuse_special_output
+    from core.storage import check_output
 
     if "://" in path:
         raise InputError(f"plot {path}: give a local file path")
     if Path(path).suffix.lower() not in PLOT_SUFFIXES:
         raise InputError(f"plot {path}: give a file name ending in {' or '.join(PLOT_SUFFIXES)}")
-    try:
-        refuse_special_output(path)
-    except InputError as exc:
-        raise InputError(str(exc).replace("output ", "plot ", 1)) from None
-    dest = Path(path).expanduser()
-    if dest.is_dir():
-        raise InputError(f"plot {path}: is a directory")
-    folder = dest.absolute().parent
-    if not folder.is_dir():
-        raise InputError(f"plot {path}: its directory {folder} does not exist")
-    if (why := not_writable(folder)) is not None:
-        raise InputError(f"plot {path}: its directory {folder} is not writable ({why})")
+    check_output(path, inputs, role="plot")
 
 
 def write_plot(scores: SyncScores, path: str) -> Path:

@@ -72,6 +72,9 @@ def bad(tmp_path_factory, tiny) -> dict:
     ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=96x96:d=1", "-f", "lavfi", "-i", "sine=frequency=300:duration=1",
            "-c:v", "libx264", "-c:a", "aac", "-shortest", str(d / "faceless.mp4"))
     (d / "notes.wav").write_text("not audio\n" * 20)
+    (d / "folder.png").mkdir()
+    (d / "link.png").symlink_to(d / "notes.wav")
+    cv2.imwrite(str(d / "still.png"), np.full((96, 96, 3), 128, np.uint8))
     return {"dir": d, **tiny}
 
 
@@ -89,6 +92,12 @@ CASES = {
                                     r"error: plot .*plot.txt: give a file name ending in .png"),
     "a plot in a missing folder": (["--video", "{video}", "--plot", "{dir}/nope/plot.png"], "models",
                                    r"error: plot .*plot.png: its directory .*nope does not exist"),
+    "a plot that is a folder": (["--video", "{video}", "--plot", "{dir}/folder.png"], "models",
+                                r"error: plot .*folder.png: is a directory; give the path of a file in it"),
+    "a plot that is a link": (["--video", "{video}", "--plot", "{dir}/link.png"], "models",
+                              r"error: plot .*link.png: is a symbolic link"),
+    "a plot over the input": (["--video", "{dir}/still.png", "--audio", "{audio}", "--plot", "{dir}/still.png"],
+                              "models", r"error: plot .*still.png: is the same file as the input .*still.png"),
     "cuda without a GPU": (["--video", "{video}", "--device", "cuda"], "models",
                            r"error: device cuda: no such CUDA device here"),
 }
