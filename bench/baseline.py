@@ -184,7 +184,7 @@ def read_all_frames(video: str) -> tuple[list[np.ndarray], float]:
 def detect_boxes(frames: list[np.ndarray], s3fd, truth: list[list]) -> list[tuple[int, int, int, int]]:
     """S3FD on every full-resolution frame in batches of 16; each frame's true main face then stands in
     for its (empty) detections; padded and smoothed as inference.py does."""
-    from models.face_detection import main_face, pad_box, smooth_forward
+    from models.face_detection import main_face, pad_box
     from models.s3fd import s3fd_detect
 
     boxes = []
@@ -196,8 +196,20 @@ def detect_boxes(frames: list[np.ndarray], s3fd, truth: list[list]) -> list[tupl
                 raise ValueError(f"Face not detected in frame {i}! Ensure the video contains a face in all "
                                  "the frames.")
             boxes.append(pad_box(np.trunc(truth[i][k].box), PADS, frames[i].shape))
-    smoothed = smooth_forward(np.asarray(boxes, np.int64), np.ones(len(boxes), bool), window=SMOOTH_WINDOW)
+    smoothed = smooth_boxes(np.asarray(boxes, np.int64), SMOOTH_WINDOW)
     return [tuple(int(v) for v in b) for b in smoothed]
+
+
+def smooth_boxes(boxes: np.ndarray, window: int) -> np.ndarray:
+    """inference.py's box smoothing: box i becomes the mean of the ``window`` boxes from i (the last ones
+    share the final window), updated in place so those final windows see smoothed boxes; integer boxes
+    truncate each mean. ``boxes`` itself is not modified."""
+    out = boxes.copy()
+    n = len(out)
+    for i in range(n):
+        j = i if i + window <= n else max(0, n - window)
+        out[i] = out[j:j + window].mean(axis=0)
+    return out
 
 
 def lipsync_to_avi(frames: list[np.ndarray], boxes: list, windows: np.ndarray, model, fps: float,

@@ -125,34 +125,3 @@ def pad_box(box: np.ndarray, pads: tuple[int, int, int, int], frame_shape: tuple
     x1, y1, x2, y2 = box
     return np.array([max(0, x1 - left), max(0, y1 - top), min(w, x2 + right), min(h, y2 + bottom)],
                     dtype=np.float64)
-
-
-def runs(present: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) of each run of consecutive True values."""
-    out, start = [], None
-    for i, p in enumerate(present):
-        if p and start is None:
-            start = i
-        elif not p and start is not None:
-            out.append((start, i))
-            start = None
-    if start is not None:
-        out.append((start, len(present)))
-    return out
-
-
-def smooth_forward(values: np.ndarray, present: np.ndarray, window: int = 5) -> np.ndarray:
-    """The reference's smoothing inside each run of frames with a face: value i becomes the mean of the
-    ``window`` values starting at i (the last ones use the run's final window).
-
-    Like the reference it updates in place, so the final windows see already-smoothed values, and an
-    integer array truncates each mean. ``values`` itself is not modified.
-    """
-    out = values.copy()
-    for a, b in runs(present):
-        seg = out[a:b]  # a view: updates land in ``out``
-        n = len(seg)
-        for i in range(n):
-            j = i if i + window <= n else max(0, n - window)
-            seg[i] = seg[j:j + window].mean(axis=0)
-    return out

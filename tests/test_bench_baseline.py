@@ -36,3 +36,32 @@ def test_seed_detectors_run_and_hand_over_the_true_faces(models_dir, tmp_path, m
     assert helper.get_face_landmarks_5(only_center_face=True, eye_dist_threshold=5) == 1
     np.testing.assert_allclose(helper.all_landmarks_5[0], truth[0].landmarks, atol=1e-4)
     np.testing.assert_allclose(helper.det_faces[:4], truth[0].box, atol=1e-4)  # the centre face alone
+
+
+def _reference_smoothing(boxes: np.ndarray, window: int) -> np.ndarray:
+    """inference.py's get_smoothened_boxes as written there: a loop over a list, in place."""
+    out = boxes.copy()
+    for i in range(len(out)):
+        if i + window > len(out):
+            win = out[len(out) - window:] if len(out) >= window else out[:]
+        else:
+            win = out[i:i + window]
+        out[i] = np.mean(win, axis=0)
+    return out
+
+
+def test_seed_box_smoothing_is_the_references():
+    from bench.baseline import smooth_boxes
+
+    rng = np.random.default_rng(3)
+    for n in (3, 5, 20):  # shorter than, equal to and longer than the window
+        boxes = rng.integers(0, 500, (n, 4))
+        before = boxes.copy()
+        out = smooth_boxes(boxes, 5)
+        np.testing.assert_array_equal(boxes, before)  # the input is not modified
+        np.testing.assert_array_equal(out, _reference_smoothing(boxes, 5))
+        assert out.dtype == boxes.dtype
+    # by hand: box 0 is the mean of boxes 0..4 (truncated); box 18 uses the final window 15..19, in which
+    # boxes 15..17 already hold their smoothed values
+    np.testing.assert_array_equal(out[0], np.trunc(boxes[0:5].mean(axis=0)))
+    np.testing.assert_array_equal(out[18], np.trunc(np.concatenate([out[15:18], boxes[18:20]]).mean(axis=0)))

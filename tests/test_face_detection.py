@@ -1,5 +1,5 @@
 """Tests for models/face_detection.py: CenterFace detection and decoding, the main-face choice of the
-S3FD cross-check, and the reference's box smoothing the seed baseline uses."""
+S3FD cross-check."""
 from __future__ import annotations
 
 import math
@@ -14,8 +14,6 @@ from models.face_detection import (
     decode_centerface,
     main_face,
     pad_box,
-    runs,
-    smooth_forward,
 )
 from tests.media_fixtures import astronaut_bgr, centerface, media_file, requires_media  # noqa: F401
 
@@ -237,42 +235,3 @@ def test_pad_box_applies_pads_and_clamps():
     # (top, bottom, left, right) pushing past every edge: clamped to the frame
     np.testing.assert_array_equal(pad_box(np.array([5, 8, 90, 95]), (10, 20, 7, 30), shape), [0, 0, 120, 100])
     assert pad_box(np.array([5, 8, 90, 95]), (0, 10, 0, 0), shape).dtype == np.float64
-
-
-def test_runs():
-    p = np.array([False, True, True, False, True, False, False, True, True, True])
-    assert runs(p) == [(1, 3), (4, 5), (7, 10)]
-    assert runs(np.zeros(4, bool)) == []
-    assert runs(np.ones(3, bool)) == [(0, 3)]
-    assert runs(np.array([], bool)) == []
-
-
-def _ref_forward(values, present, window=5):
-    """Wav2Lip's get_smoothened_boxes, applied to each run: in place, so late windows see smoothed values."""
-    out = values.copy()
-    for a, b in runs(present):
-        boxes = out[a:b]
-        for i in range(len(boxes)):
-            if i + window > len(boxes):
-                win = boxes[len(boxes) - window:] if len(boxes) >= window else boxes[:]
-            else:
-                win = boxes[i:i + window]
-            boxes[i] = np.mean(win, axis=0)
-    return out
-
-
-def test_smooth_forward_matches_reference_within_runs():
-    rng = np.random.default_rng(3)
-    values = rng.uniform(0, 100, (20, 4))
-    present = np.ones(20, bool)
-    present[[8, 9, 17]] = False  # runs [0, 8), [10, 17), [18, 20)
-    before = values.copy()
-    out = smooth_forward(values, present, window=5)
-    np.testing.assert_array_equal(values, before)  # input not modified
-    np.testing.assert_allclose(out, _ref_forward(values, present))
-    # by hand: first run, frame 0 -> mean of 0..4; frame 6 -> the run's final window 3..7, where
-    # frames 3..5 already hold their smoothed values (the reference works in place)
-    np.testing.assert_allclose(out[0], values[0:5].mean(axis=0))
-    np.testing.assert_allclose(out[6], np.concatenate([out[3:6], values[6:8]]).mean(axis=0))
-    np.testing.assert_allclose(out[18], values[18:20].mean(axis=0))  # run shorter than the window
-    np.testing.assert_array_equal(out[~present], values[~present])  # gaps untouched
