@@ -164,11 +164,13 @@ def _four_ints(what: str):
 FOUR_INTS = {"pads": "top bottom left right", "box": "top bottom left right"}
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
-    """One argparse flag per parameter; limits are checked by :func:`parse_options`, not here."""
+def add_cli_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None,
+                      help: dict[str, str] | None = None) -> None:
+    """One argparse flag per parameter; limits are checked by :func:`parse_options`, not here. ``help``
+    rewords a parameter for a command where it means something else (the preview's output is an image)."""
     for name in names or list(PARAMETERS):
         f = PARAMETERS[name]
-        flags, help_text = cli_flags(name), _sentence(f.description)
+        flags, help_text = cli_flags(name), _sentence((help or {}).get(name, f.description))
         kwargs: dict[str, Any] = {"dest": name, "help": help_text.replace("%", "%%")}  # argparse formats help
         choices = _choices(f.annotation)
         if f.annotation is bool:

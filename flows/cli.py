@@ -50,12 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "beside its source and lip-synced versions, to tune settings before a long run. No "
                         "Prefect run, no Dask cluster, nothing cached.")
     pv.add_argument("--at", type=float, required=True, help="time in the output, in seconds")
-    add_cli_arguments(pv, [n for n in PARAMETERS if n not in FLOW_ONLY])
+    add_cli_arguments(pv, [n for n in PARAMETERS if n not in FLOW_ONLY],
+                      help={"output": "Where the preview image is written: a .png or .jpg path or URL."})
 
     fc = sub.add_parser("faces", help="write the face tracks of a video as JSON",
                         description="Per frame: each face's track id, score, box and 5 landmarks, raw and "
                         "smoothed, and the speaker --face chooses; the shot cuts; frames without a face.")
-    add_cli_arguments(fc, ["video", "output", *FACES_OPTIONS])
+    add_cli_arguments(fc, ["video", "output", *FACES_OPTIONS],
+                      help={"output": "Where the face tracks are written as JSON: a path or URL."})
 
     m = sub.add_parser("models", help="list, fetch or verify the weight files",
                        description="Weight files live in $WAV2LIP_HQ_MODELS_DIR (default: the user cache).")

@@ -268,6 +268,11 @@ def test_cli_help_explains_every_option():
                 "--on-no-face", "--fps", "--pads", "--no-smooth", "--detector", "--crf", "--precision",
                 "--device", "--work-dir", "--chunk-frames", "--batch-size", "--no-enhance", "--preset"]:
         assert opt in r.stdout
+    # -o is the same flag everywhere, but what it receives differs per command
+    squeeze = lambda text: " ".join(text.split())  # noqa: E731 (argparse wraps the help)
+    assert "Where the final video is written" in squeeze(r.stdout)
+    assert "Where the preview image is written: a .png or .jpg" in squeeze(cli("preview", "--help").stdout)
+    assert "Where the face tracks are written as JSON" in squeeze(cli("faces", "--help").stdout)
 
 
 def test_ctrl_c_stops_the_run_within_seconds_and_leaves_nothing(models_dir, tmp_path, speech_2s, clip):
