@@ -38,7 +38,7 @@ def enhance_chunk(chunk: Chunk, face_track: str, synced: SyncedVideo, out_dir: s
     # the flow logs the chunks' aggregate progress; a chunk's own line comes at its end (or every 30 s)
     progress = Progress(f"enhance chunk {chunk.index}", chunk.n_frames, every=100.0)
     pending: list[tuple[np.ndarray, list]] = []  # frames waiting for their faces' batch
-    with FrameWriter(out_path, width * u, height * u, fps=25, codec="ffv1") as writer:
+    with FrameWriter(out_path, width * u, height * u, fps=25, codec="lossless") as writer:
         for j, frame in enumerate(read_video_file_frames(chunk.path, width, height)):
             src = source_index(chunk.start + j, synced.n_source, synced.loop)
             pending.append((frame, aligned_faces(frame, track, src, opts.restore)))

@@ -1,4 +1,4 @@
-"""The lipsync stage: audio + video + face detections -> Wav2Lip's synced video (lossless FFV1 + FLAC)
+"""The lipsync stage: audio + video + face detections -> Wav2Lip's synced video (lossless Ut Video + FLAC)
 and the face track it used (the enhancer aligns faces on it)."""
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def lipsync(audio: AudioInfo, video: VideoInfo, detections: str | Path, out_dir:
     faces_path = plan.save(out_dir / "faces.npz")
     progress = Progress("lip-sync", n_out)
     out_path = out_dir / "synced.mkv"
-    with FrameWriter(out_path, video.width, video.height, video.fps, codec="ffv1", audio=audio.path,
+    with FrameWriter(out_path, video.width, video.height, video.fps, codec="lossless", audio=audio.path,
                      audio_codec="flac") as writer, SourceFrames(video, n_out, opts.loop, out_dir) as source, \
             ThreadPoolExecutor(1, "lipsync-decode") as decoder, ThreadPoolExecutor(1, "lipsync-encode") as encoder:
         # the network keeps the cores busy while one thread decodes the next batch and another pastes and

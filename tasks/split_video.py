@@ -45,7 +45,7 @@ def chunk_bounds(n_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
 
 
 def split_video(video: str, n_frames: int, out_dir: str | Path, chunk_frames: int) -> list[Chunk]:
-    """Cut ``video`` (all-intra FFV1) into chunks by stream copy: no re-encode, every cut on a frame."""
+    """Cut ``video`` (all-intra, lossless) into chunks by stream copy: no re-encode, every cut on a frame."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bounds = chunk_bounds(n_frames, chunk_frames)
