@@ -1,8 +1,9 @@
 """GFPGAN's inference engine: OpenVINO on CPUs when it is installed, torch otherwise (and always on CUDA).
 
-Measured here (``bench/engines.py``, README "Performance"): OpenVINO runs GFPGANv1Clean in bf16 about
-4-5x faster than torch's bf16 autocast, within the fidelity bound of ``tests/test_precision.py``; in fp32
-it is about 1.5x faster than torch fp32 and matches it to a level.
+Measured here (``bench/engines.py``, README "Performance"; 2 threads, quiet): OpenVINO runs
+GFPGANv1Clean in bf16 about 4x faster than torch's bf16 autocast (0.43 vs 1.61 s/face), within the
+fidelity bound of ``tests/test_precision.py``; in fp32 1.7x faster than torch fp32 (1.37 vs 2.33), within a
+level.
 
 How the network becomes an OpenVINO model, once per weights file (cached on disk as IR, see
 :func:`openvino_ir`): the torch module is exported to ONNX (opset 17, the TorchScript exporter; the
