@@ -149,10 +149,10 @@ def _warm(precision: str) -> int:
     import numpy as np
     import torch
 
-    from models.loading import get_model
+    from models.loading import get_restorer
     from models.restorer import restore_faces
 
-    net, dev = get_model("gfpgan", "GFPGANv1.4.pth", "cpu")
+    net, dev = get_restorer("GFPGANv1.4.pth", "cpu", "auto", precision)
     restore_faces(net, [np.full((512, 512, 3), 128, np.uint8)], dev, precision=precision)
     return torch.get_num_threads()
 

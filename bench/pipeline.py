@@ -35,9 +35,11 @@ def count_faces(synced, n_frames: int, restore: str = "all") -> int:
 
 @contextmanager
 def instrument(models: dict):
-    """Accumulate time spent inside each model's forward (``models``: name -> nn.Module, via hooks)
-    and inside CenterFace detection (the class's ``__call__`` wrapped) in this process; yields
-    {"<name>_s": seconds, "<name>_calls": n}. Product code is not changed, only observed."""
+    """Accumulate time spent inside each model's forward (``models``: name -> nn.Module, via hooks),
+    inside GFPGAN compiled for OpenVINO (counted as ``gfpgan``) and inside CenterFace detection (the
+    classes' ``__call__`` wrapped) in this process; yields {"<name>_s": seconds, "<name>_calls": n}.
+    Product code is not changed, only observed."""
+    from models.engines import OpenVINOGFPGAN
     from models.face_detection import CenterFaceDetector
 
     acc: dict = defaultdict(float)
@@ -61,11 +63,23 @@ def instrument(models: dict):
             acc["detect_s"] += time.perf_counter() - t
             acc["detect_calls"] += 1
 
+    ov_original = OpenVINOGFPGAN.__call__
+
+    def timed_ov(self, x):
+        t = time.perf_counter()
+        try:
+            return ov_original(self, x)
+        finally:
+            acc["gfpgan_s"] += time.perf_counter() - t
+            acc["gfpgan_calls"] += 1
+
     CenterFaceDetector.__call__ = timed_call
+    OpenVINOGFPGAN.__call__ = timed_ov
     try:
         yield acc
     finally:
         CenterFaceDetector.__call__ = original
+        OpenVINOGFPGAN.__call__ = ov_original
         for h in handles:
             h.remove()
         for k in [k for k in acc if k.startswith("_")]:

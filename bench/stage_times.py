@@ -2,6 +2,7 @@
 flow's stages through their plain functions, no Prefect).
 
     .venv/bin/python -m bench.stage_times --audio speech.wav --video talk.mp4 [--seconds 10] [--precision bf16]
+        [--engine auto|torch|openvino] [--upscale 2]
 
 Without real weights in the models directory, random-weight files in the official layout are made in a
 temporary directory: the compute is the same as with the published weights.
@@ -24,18 +25,21 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--chunk-frames", default="auto", help="a number, or auto")
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino"], help="GFPGAN's engine")
+    p.add_argument("--upscale", type=int, default=1, choices=[1, 2])
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-stages-") as tmp, weights_available() as kind:
         tmp = Path(tmp)
         audio = loop_to(args.audio, args.seconds, tmp / "audio.wav", audio=True)
         video = loop_to(args.video, args.seconds, tmp / "video.mp4", audio=False)
-        res = run_ours(audio, video, tmp / "final.mp4", tmp, args.precision, args.chunk_frames)
+        res = run_ours(audio, video, tmp / "final.mp4", tmp, args.precision, args.chunk_frames,
+                       engine=args.engine, upscale=args.upscale)
     for name, seconds in res["times"].items():
         print(f"{name:16s} {seconds:8.2f} s")
     w, h = res["size"]
-    print(f"{'total':16s} {res['total']:8.2f} s  ({res['frames']} frames {w}x{h}, {args.precision}, "
-          f"weights: {kind})")
+    print(f"{'total':16s} {res['total']:8.2f} s  ({res['frames']} frames {w}x{h}, {res.get('faces', '?')} faces, "
+          f"{args.precision}, engine {args.engine}, x{args.upscale}, weights: {kind})")
     if args.json:
         Path(args.json).write_text(json.dumps({k: res[k] for k in ("times", "frames", "size", "precision")},
                                               indent=1))

@@ -21,10 +21,10 @@ def dask_setup(worker) -> None:
     os.environ["WAV2LIP_HQ_TORCH_THREADS"] = threads
     torch.set_num_threads(int(threads))
     if hasattr(worker, "address") and os.environ.get("WAV2LIP_HQ_PRELOAD_MODELS", "1") == "1":
-        from models.loading import get_model
+        from models.loading import get_restorer
         from models.weights import MissingWeightsError
 
-        try:
-            get_model("gfpgan", "GFPGANv1.4.pth")
+        try:  # the default options' engine and precision: what a job's chunks will ask for
+            get_restorer("GFPGANv1.4.pth")
         except MissingWeightsError as exc:  # the task will report it with the fetch command
             print(f"wav2lip-hq preload: {exc}", file=sys.stderr)

@@ -31,7 +31,7 @@ IMAGE_TYPES = (".png", ".jpg", ".jpeg")
 def preview(audio: str, video: str, at: float, opts: RunOptions = RunOptions()) -> np.ndarray:
     """The source, lip-synced and (with ``opts.enhance``) restored frame shown at ``at`` seconds of the
     output, side by side."""
-    from models.loading import get_model
+    from models.loading import get_model, get_restorer
 
     audio_info, info = probe_media(audio, video, opts)
     check_regions(opts, info)
@@ -63,7 +63,7 @@ def preview(audio: str, video: str, at: float, opts: RunOptions = RunOptions()) 
     synced = sync_frames(model, device, [(source, i, k)], plan, window, opts)[0]
     panels, labels = [source, synced], ["source", f"lip-synced (--mask {opts.mask})"]
     if opts.enhance:
-        net, device = get_model("gfpgan", opts.gfpgan, opts.device)
+        net, device = get_restorer(opts.gfpgan, opts.device, opts.engine, opts.precision)
         panels.append(restore_frames(net, device, [(synced, aligned_faces(synced, plan, k, opts.restore))], opts)[0])
         labels.append(f"restored (GFPGAN {opts.gfpgan}, x{opts.upscale})")
     return side_by_side(panels, labels)

@@ -57,6 +57,24 @@ def get_model(kind: str, weights: str, device: str | torch.device | None = None
     return _load(kind, str(path), sha256_file(path), str(dev)), dev
 
 
+def get_restorer(weights: str, device: str | torch.device | None = None, engine: str = "auto",
+                 precision: str = "auto"):
+    """(GFPGAN, device) for ``--gfpgan``'s value, on the engine ``engine`` resolves to
+    (:func:`models.engines.resolve_engine`): the torch module, or an OpenVINO model compiled at the
+    resolved ``precision`` for this process's thread count (its IR converted once per weights file, in
+    ``models_dir()/openvino``). Either is what :func:`models.restorer.restore_faces` takes."""
+    from models.engines import openvino_gfpgan, resolve_engine
+    from models.precision import resolve_precision
+    from models.weights import models_dir
+
+    _pin_threads()
+    dev = resolve_device(device)
+    if resolve_engine(engine, dev) == "torch":
+        return get_model("gfpgan", weights, dev)
+    path = checkpoint_file(weights, "--gfpgan")
+    return openvino_gfpgan(path, sha256_file(path), resolve_precision(precision, dev), models_dir() / "openvino"), dev
+
+
 def check_layout(kind: str, weights: str, option: str) -> None:
     """A user's own checkpoint loads into the network (strict keys); the error names the option and the
     missing and unexpected keys. Official files are checked by their SHA-256 instead."""

@@ -26,9 +26,9 @@ def enhance_chunk(chunk: Chunk, face_track: str, synced: SyncedVideo, out_dir: s
 
     ``face_batch``: faces per network call; 0: 1 on CPU (fastest, half the memory), 8 on CUDA.
     """
-    from models.loading import get_model
+    from models.loading import get_restorer
 
-    net, device = get_model("gfpgan", opts.gfpgan, opts.device)
+    net, device = get_restorer(opts.gfpgan, opts.device, opts.engine, opts.precision)
     track = FaceTrack.load(face_track)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,9 +61,9 @@ def restore_frames(net, device, pending: list[tuple[np.ndarray, list]], opts: Ru
     restored = iter(restore_faces(net, crops, device, opts.blend, opts.precision))
     out = []
     for frame, aligned in pending:
-        canvas = frame if opts.upscale == 1 else cv2.resize(
+        # a new array either way (the frame itself is not written into)
+        canvas = frame.copy() if opts.upscale == 1 else cv2.resize(
             frame, None, fx=opts.upscale, fy=opts.upscale, interpolation=cv2.INTER_LANCZOS4)
-        canvas = canvas.copy()
         for _, m in aligned:
             paste_face(canvas, next(restored), m, opts.upscale)
         out.append(canvas)
@@ -81,16 +81,19 @@ KEY_OPTIONS = ("blend", "upscale", "restore", "precision", "device")
 
 def _key_inputs(chunk: Chunk, opts: RunOptions) -> dict:
     from models.checkpoint import resolve_device
+    from models.engines import resolve_engine
     from models.precision import resolve_precision
     from models.weights import checkpoint_file, sha256_file
 
     device = resolve_device(opts.device)
+    # the engine changes pixels (within the precision bound): the one actually used is keyed, so an
+    # `auto` run on a machine without OpenVINO does not reuse chunks restored with it, and vice versa
     return {"chunk": chunk.key, "opts": opts.model_dump(include=set(KEY_OPTIONS)), "device": device.type,
-            "precision": resolve_precision(opts.precision, device),
+            "precision": resolve_precision(opts.precision, device), "engine": resolve_engine(opts.engine, device),
             "weights": sha256_file(checkpoint_file(opts.gfpgan, "--gfpgan"))}
 
 
-STAGE = Stage("enhance_chunk", version="2", product=Chunk, key_inputs=_key_inputs)
+STAGE = Stage("enhance_chunk", version="3", product=Chunk, key_inputs=_key_inputs)
 
 
 @STAGE.task(task_run_name="enhance_chunk-{chunk.index}")

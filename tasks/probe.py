@@ -93,10 +93,11 @@ def check_checkpoints(opts: RunOptions) -> None:
 
 
 def check_device(opts: RunOptions) -> None:
-    """The device exists here, and the precision is one it runs."""
+    """The device exists here, and the precision and GFPGAN engine are ones it runs."""
     import torch
 
     from models.checkpoint import resolve_device
+    from models.engines import resolve_engine
     from models.precision import resolve_precision
 
     try:
@@ -110,6 +111,7 @@ def check_device(opts: RunOptions) -> None:
         raise InputError(f"device {opts.device}: only cpu and cuda devices are supported")
     try:
         resolve_precision(opts.precision, device)
+        resolve_engine(opts.engine, device)
     except ValueError as exc:
         raise InputError(str(exc)) from None
 
