@@ -118,6 +118,51 @@ def paste_face(canvas: np.ndarray, face: np.ndarray, m: np.ndarray, upscale: int
     roi[...] = cv2.blendLinear(warped, roi, alpha, 1.0 - alpha)
 
 
+# the feather mask is exactly 1 on [INTERIOR, FACE_SIZE - 1 - INTERIOR] in both axes: there the face is
+# pasted over whatever lies beneath (one pixel kept in reserve for the bilinear warp's neighbours)
+INTERIOR = 52
+LANCZOS_MARGIN = 5  # source pixels beyond a piece that its Lanczos taps (4 each side) may read
+
+
+def covered_rect(m: np.ndarray, upscale: int, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """An axis-aligned rectangle (x0, y0, x1, y1) of the ``upscale``-times canvas of shape ``shape`` that
+    :func:`paste_face` with transform ``m`` covers entirely with the face (mask 1); corners on multiples
+    of ``upscale``. None when it is empty."""
+    inv = cv2.invertAffineTransform(m) * upscale
+    inv[:, 2] += 0.5 * (upscale - 1)
+    centre = inv @ np.array([FACE_SIZE / 2 - 0.5, FACE_SIZE / 2 - 0.5, 1.0])
+    scale = float(np.hypot(inv[0, 0], inv[1, 0]))
+    cos, sin = abs(inv[0, 0]) / scale, abs(inv[1, 0]) / scale
+    # the mask's square of ones, rotated, contains this axis-aligned square; 1 px kept for rounding
+    half = scale * (FACE_SIZE - 1 - 2 * INTERIOR) / 2 / (cos + sin) - 1
+    h, w = shape[:2]
+    x0, y0 = (int(np.ceil(max(0.0, c - half) / upscale)) * upscale for c in centre)
+    x1, y1 = (int(np.floor(min(lim, c + half) / upscale)) * upscale for c, lim in zip(centre, (w, h)))
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def upscale_frame(frame: np.ndarray, upscale: int, skip: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """``frame`` enlarged ``upscale`` times with Lanczos (OpenCV's), except inside ``skip`` (a rectangle of
+    the result on multiples of ``upscale``, left black): a face pasted there hides it, and on a close-up
+    that is a third of the work. Outside it the pixels equal a whole-frame resize: each piece is resized
+    with a margin of source pixels, so its taps read what the whole frame's would."""
+    h, w = frame.shape[:2]
+    if skip is None:
+        return cv2.resize(frame, (w * upscale, h * upscale), interpolation=cv2.INTER_LANCZOS4)
+    out = np.zeros((h * upscale, w * upscale, 3), np.uint8)
+    x0, y0, x1, y1 = (v // upscale for v in skip)
+    for top, bottom, left, right in ((0, y0, 0, w), (y1, h, 0, w), (y0, y1, 0, x0), (y0, y1, x1, w)):
+        if bottom <= top or right <= left:
+            continue
+        t, b = max(0, top - LANCZOS_MARGIN), min(h, bottom + LANCZOS_MARGIN)
+        lf, r = max(0, left - LANCZOS_MARGIN), min(w, right + LANCZOS_MARGIN)
+        piece = cv2.resize(frame[t:b, lf:r], ((r - lf) * upscale, (b - t) * upscale),
+                           interpolation=cv2.INTER_LANCZOS4)
+        out[top * upscale:bottom * upscale, left * upscale:right * upscale] = piece[
+            (top - t) * upscale:(bottom - t) * upscale, (left - lf) * upscale:(right - lf) * upscale]
+    return out
+
+
 def eye_distance(landmarks: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(landmarks[0]) - np.asarray(landmarks[1])))
 

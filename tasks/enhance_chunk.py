@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from core.media import FrameWriter, read_video_file_frames
@@ -15,7 +14,8 @@ from core.stage import Stage
 from core.storage import local_copy
 from models.batching import default_batch
 from models.face_track import FaceTrack, source_index
-from models.restorer import MIN_EYE_DISTANCE, align_face, eye_distance, paste_face, restore_faces
+from models.restorer import (MIN_EYE_DISTANCE, align_face, covered_rect, eye_distance, paste_face, restore_faces,
+                             upscale_frame)
 
 
 def enhance_chunk(chunk: Chunk, face_track: str, synced: SyncedVideo, out_dir: str | Path,
@@ -62,8 +62,13 @@ def restore_frames(net, device, pending: list[tuple[np.ndarray, list]], opts: Ru
     out = []
     for frame, aligned in pending:
         # a new array either way (the frame itself is not written into)
-        canvas = frame.copy() if opts.upscale == 1 else cv2.resize(
-            frame, None, fx=opts.upscale, fy=opts.upscale, interpolation=cv2.INTER_LANCZOS4)
+        if opts.upscale == 1:
+            canvas = frame.copy()
+        else:  # the largest face hides part of the background: that part is not upscaled
+            shape = (frame.shape[0] * opts.upscale, frame.shape[1] * opts.upscale)
+            rects = [r for _, m in aligned if (r := covered_rect(m, opts.upscale, shape))]
+            canvas = upscale_frame(frame, opts.upscale,
+                                   max(rects, key=lambda r: (r[2] - r[0]) * (r[3] - r[1]), default=None))
         for _, m in aligned:
             paste_face(canvas, next(restored), m, opts.upscale)
         out.append(canvas)

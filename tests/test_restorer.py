@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from models.face_detection import CenterFaceDetector
-from models.restorer import (FACE_SIZE, FFHQ_TEMPLATE_512, align_face, paste_face, restore_faces,
-                             similarity_to_template)
+from models.restorer import (FACE_SIZE, FFHQ_TEMPLATE_512, align_face, covered_rect, feather_mask, paste_face,
+                             restore_faces, similarity_to_template, upscale_frame)
 from tests.conftest import astronaut_bgr
 
 
@@ -59,6 +59,47 @@ def test_round_trip_upscaled(portrait_face):
     out = up.copy()
     paste_face(out, crop, m, upscale=2)
     assert psnr(out, up) >= 40.0
+
+
+def _similarity(rng, frame_shape) -> np.ndarray:
+    """A random aligned-face transform: any rotation, faces from a quarter to twice the frame's height."""
+    h, w = frame_shape[:2]
+    angle, scale = rng.uniform(-np.pi, np.pi), FACE_SIZE / (h * rng.uniform(0.25, 2.0))
+    c, s = scale * np.cos(angle), scale * np.sin(angle)
+    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+    return np.array([[c, -s, FACE_SIZE / 2 - (c * cx - s * cy)], [s, c, FACE_SIZE / 2 - (s * cx + c * cy)]])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_upscale_skips_only_what_the_face_covers(portrait_face, seed):
+    """Upscaling around the largest face's covered rectangle, then pasting, gives the pixels of a
+    whole-frame Lanczos then pasting: the rectangle is inside the mask's ones, whatever the face's angle
+    or size, and the pieces around it equal the whole resize."""
+    rng = np.random.default_rng(seed)
+    img, lms = portrait_face
+    frame = img[: 300 + 17 * seed, : 280 + 13 * seed]  # odd sizes too
+    face = rng.integers(0, 256, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    m = align_face(frame, lms)[1] if seed == 0 else _similarity(rng, frame.shape)
+    shape = (frame.shape[0] * 2, frame.shape[1] * 2)
+    rect = covered_rect(m, 2, shape)
+    assert rect is not None  # every one of these faces covers some of the frame
+    if seed == 0:
+        assert (rect[2] - rect[0]) * (rect[3] - rect[1]) > 0.1 * shape[0] * shape[1]
+    x0, y0, x1, y1 = rect
+    assert all(v % 2 == 0 for v in rect) and 0 <= x0 < x1 <= shape[1] and 0 <= y0 < y1 <= shape[0]
+    inv = cv2.invertAffineTransform(m) * 2
+    inv[:, 2] += 0.5
+    alpha = cv2.warpAffine(feather_mask(), inv, shape[::-1], flags=cv2.INTER_LINEAR)
+    assert alpha[y0:y1, x0:x1].min() >= 1.0 - 1e-6
+    whole = cv2.resize(frame, None, fx=2, fy=2, interpolation=cv2.INTER_LANCZOS4)
+    around = upscale_frame(frame, 2, rect)
+    assert not around[y0:y1, x0:x1].any()  # not computed
+    outside = np.ones(shape, bool)
+    outside[y0:y1, x0:x1] = False
+    np.testing.assert_array_equal(around[outside], whole[outside])
+    paste_face(whole, face, m, 2)
+    paste_face(around, face, m, 2)
+    np.testing.assert_array_equal(around, whole)
 
 
 def test_pasted_face_replaces_the_face_region(portrait_face):
