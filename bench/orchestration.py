@@ -204,13 +204,13 @@ def main() -> None:
     f.add_argument("--chunk-frames", default="auto", help="a number, or auto")
     f.add_argument("--dask-workers", default="1", help="0: no Dask; k: k workers; default: the flow's plan")
     f.add_argument("--upscale", type=int, default=1)
-    f.add_argument("--gfpgan", dest="gfpgan_version", default="1.4")
+    f.add_argument("--gfpgan", default="1.4")
     args = p.parse_args()
     workers = None if args.dask_workers == "default" else int(args.dask_workers)
     with tempfile.TemporaryDirectory(prefix="bench-flow-") as work:
         chunk_frames = args.chunk_frames if args.chunk_frames == "auto" else int(args.chunk_frames)
         res = run_flow(args.audio, args.video, args.out, work, args.precision, chunk_frames, workers,
-                       upscale=args.upscale, gfpgan_version=args.gfpgan_version)
+                       upscale=args.upscale, gfpgan=args.gfpgan)
     print("BENCH_RESULT " + json.dumps(res), flush=True)
 
 if __name__ == "__main__":
