@@ -65,3 +65,35 @@ def test_seed_box_smoothing_is_the_references():
     # boxes 15..17 already hold their smoothed values
     np.testing.assert_array_equal(out[0], np.trunc(boxes[0:5].mean(axis=0)))
     np.testing.assert_array_equal(out[18], np.trunc(np.concatenate([out[15:18], boxes[18:20]]).mean(axis=0)))
+
+
+def test_bench_flow_child_passes_only_parameters_the_flow_has(monkeypatch, capsys):
+    """Benchmarks 1 and 4 run ``python -m bench.orchestration flow``: its options must reach the flow under
+    the flow's own parameter names (a renamed parameter once failed both benchmarks)."""
+    import inspect
+    import json
+    import sys
+
+    import bench.orchestration as orchestration
+    import flows.lipsync_hq as flow_module
+
+    real = flow_module.lipsync_hq
+    received = {}
+
+    class Flow:
+        fn = staticmethod(real.fn)
+
+        def __call__(self, **kwargs):
+            inspect.signature(real.fn).bind(**kwargs)  # TypeError on a parameter the flow does not have
+            received.update(kwargs)
+
+    monkeypatch.setattr(flow_module, "lipsync_hq", Flow())
+    monkeypatch.setattr(orchestration, "stage_walls", lambda work: {})
+    monkeypatch.setattr(sys, "argv", ["bench.orchestration", "flow", "--audio", "a.wav", "--video", "v.mp4",
+                                      "--out", "o.mp4", "--dask-workers", "0", "--upscale", "2",
+                                      "--gfpgan", "1.3", "--chunk-frames", "7"])
+    orchestration.main()
+    assert received["gfpgan"] == "1.3" and received["upscale"] == 2 and received["chunk_frames"] == 7
+    assert received["dask_workers"] == 0 and received["precision"] == "bf16"
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("BENCH_RESULT ") and json.loads(line[len("BENCH_RESULT "):])["dask_workers"] == 0
