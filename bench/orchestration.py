@@ -86,7 +86,7 @@ def stage_walls(work: str | Path) -> dict:
     synced = SyncedVideo.model_validate(runs["lipsync"][0])
     return {"stages": walls, "chunks": len(chunks), "chunk_workers": len({c["worker"] for c in chunks}),
             "frames": synced.n_frames, "size": [synced.width, synced.height],
-            "faces": count_faces(synced.face_track, synced.n_frames, synced.n_source)}
+            "faces": count_faces(synced, synced.n_frames)}
 
 
 def run_flow(audio: str, video: str, out: str, work: str, precision: str, chunk_frames: int | str,

@@ -5,6 +5,7 @@ import functools
 import os
 import threading
 
+import cv2
 import torch
 
 from models.checkpoint import resolve_device
@@ -41,10 +42,13 @@ def _load(kind: str, path: str, digest: str, device: str) -> torch.nn.Module:
 
 
 def _pin_threads() -> None:
-    """Dask workers sharing a machine get their share of cores (``WAV2LIP_HQ_TORCH_THREADS``)."""
+    """Dask workers sharing a machine get their share of cores (``WAV2LIP_HQ_TORCH_THREADS``): torch's
+    threads, and OpenCV's for the paste-back (its own pool would take every core in every worker)."""
     threads = os.environ.get("WAV2LIP_HQ_TORCH_THREADS")
     if threads and torch.get_num_threads() != int(threads):
         torch.set_num_threads(int(threads))
+    if threads and cv2.getNumThreads() != int(threads):
+        cv2.setNumThreads(int(threads))
 
 
 def get_model(kind: str, weights: str, device: str | torch.device | None = None

@@ -281,17 +281,20 @@ def test_local_cluster_is_sized_to_the_machine(monkeypatch):
 
 
 def _worker_environment() -> dict:
+    import cv2
     import torch
 
     from models.loading import _pin_threads
 
     _pin_threads()
-    return {"trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "threads": torch.get_num_threads()}
+    return {"trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "threads": torch.get_num_threads(),
+            "cv2": cv2.getNumThreads()}
 
 
-def test_local_cluster_workers_keep_glibc_adaptive_allocation():
+@pytest.mark.parametrize("threads", [1, 2])  # 1: OpenCV's default would be every core; 2: Dask's torch default 1
+def test_local_cluster_workers_keep_glibc_adaptive_allocation(threads):
     """Dask's nanny would set MALLOC_TRIM_THRESHOLD_ (1.6x slower GFPGAN on CPU); ours leave it out,
-    give each worker its torch threads, and leave Dask's own configuration as it was."""
+    give each worker its threads (torch's and OpenCV's), and leave Dask's own configuration as it was."""
     import dask
     from distributed import Client
 
@@ -299,13 +302,13 @@ def test_local_cluster_workers_keep_glibc_adaptive_allocation():
 
     before = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     assert "MALLOC_TRIM_THRESHOLD_" in before  # Dask's default: what this guards against
-    cluster = local_cluster(1, 2)
+    cluster = local_cluster(1, threads)
     try:
         with Client(cluster) as client:
             got = client.submit(_worker_environment, pure=False).result(timeout=120)
     finally:
         cluster.close()
-    assert got == {"trim": None, "threads": 2}
+    assert got == {"trim": None, "threads": threads, "cv2": threads}
     assert dask.config.get("distributed.nanny.pre-spawn-environ") == before
 
 
