@@ -53,28 +53,19 @@ def instrument(models: dict):
             acc[f"{name}_calls"] += 1
 
         handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    original = CenterFaceDetector.__call__
+    def timed(original, key: str):
+        def call(self, *args):
+            t = time.perf_counter()
+            try:
+                return original(self, *args)
+            finally:
+                acc[f"{key}_s"] += time.perf_counter() - t
+                acc[f"{key}_calls"] += 1
+        return call
 
-    def timed_call(self, frame):
-        t = time.perf_counter()
-        try:
-            return original(self, frame)
-        finally:
-            acc["detect_s"] += time.perf_counter() - t
-            acc["detect_calls"] += 1
-
-    ov_original = OpenVINOGFPGAN.__call__
-
-    def timed_ov(self, x):
-        t = time.perf_counter()
-        try:
-            return ov_original(self, x)
-        finally:
-            acc["gfpgan_s"] += time.perf_counter() - t
-            acc["gfpgan_calls"] += 1
-
-    CenterFaceDetector.__call__ = timed_call
-    OpenVINOGFPGAN.__call__ = timed_ov
+    original, ov_original = CenterFaceDetector.__call__, OpenVINOGFPGAN.__call__
+    CenterFaceDetector.__call__ = timed(original, "detect")
+    OpenVINOGFPGAN.__call__ = timed(ov_original, "gfpgan")
     try:
         yield acc
     finally:
