@@ -93,12 +93,18 @@ def feather_mask() -> np.ndarray:
     return cv2.GaussianBlur(mask, (2 * edge + 1, 2 * edge + 1), 0)
 
 
-def paste_face(canvas: np.ndarray, face: np.ndarray, m: np.ndarray, upscale: int = 1) -> None:
-    """Warp an aligned (restored) face back into ``canvas`` (already at ``upscale`` x the source
-    frame's size) in place, blending with the feathered mask inside the face's bounding rectangle."""
+def to_canvas(m: np.ndarray, upscale: int) -> np.ndarray:
+    """2x3 transform from the aligned face to the ``upscale``-times canvas (``m``: frame to aligned)."""
     inv = cv2.invertAffineTransform(m) * upscale
     # pixel centres: source x maps to upscale * x + (upscale - 1) / 2 in the upscaled canvas
     inv[:, 2] += 0.5 * (upscale - 1)
+    return inv
+
+
+def paste_face(canvas: np.ndarray, face: np.ndarray, m: np.ndarray, upscale: int = 1) -> None:
+    """Warp an aligned (restored) face back into ``canvas`` (already at ``upscale`` x the source
+    frame's size) in place, blending with the feathered mask inside the face's bounding rectangle."""
+    inv = to_canvas(m, upscale)
     corners = np.array([[0, 0, 1], [FACE_SIZE, 0, 1], [0, FACE_SIZE, 1], [FACE_SIZE, FACE_SIZE, 1]],
                        np.float64) @ inv.T
     h, w = canvas.shape[:2]
@@ -128,8 +134,7 @@ def covered_rect(m: np.ndarray, upscale: int, shape: tuple[int, ...]) -> tuple[i
     """An axis-aligned rectangle (x0, y0, x1, y1) of the ``upscale``-times canvas of shape ``shape`` that
     :func:`paste_face` with transform ``m`` covers entirely with the face (mask 1); corners on multiples
     of ``upscale``. None when it is empty."""
-    inv = cv2.invertAffineTransform(m) * upscale
-    inv[:, 2] += 0.5 * (upscale - 1)
+    inv = to_canvas(m, upscale)
     centre = inv @ np.array([FACE_SIZE / 2 - 0.5, FACE_SIZE / 2 - 0.5, 1.0])
     scale = float(np.hypot(inv[0, 0], inv[1, 0]))
     cos, sin = abs(inv[0, 0]) / scale, abs(inv[1, 0]) / scale
