@@ -17,8 +17,6 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from distributed.diagnostics.plugin import WorkerPlugin
-
 from core.options import RunOptions
 from core.products import Chunk, SyncedVideo
 
@@ -132,18 +130,6 @@ def run_flow(audio: str, video: str, out: str, work: str, precision: str, chunk_
 
 
 # -------------------------------------------------------------------------------------- scaling
-class TorchThreads(WorkerPlugin):
-    """Pin torch's intra-op threads in every worker (with OMP_NUM_THREADS set in its environment)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def setup(self, worker) -> None:
-        import torch
-
-        torch.set_num_threads(self.n)
-
-
 def _warm(precision: str) -> int:
     """Load GFPGAN and run it once in this worker (model load and first-call set-up not timed)."""
     import numpy as np
@@ -165,23 +151,16 @@ def _enhance(chunk: Chunk, synced: SyncedVideo, opts: RunOptions, work_root: str
 
 def enhance_throughput(synced: SyncedVideo, chunks: list[Chunk], n_faces: int, work_root: str, workers: int,
                        threads: int, precision: str) -> dict:
-    """Wall time of the enhance_chunk stage over ``chunks`` on a LocalCluster(n_workers=workers, 1 thread
-    each), its workers spawned with the flow's environment (no MALLOC_TRIM_THRESHOLD_, see
-    flows/runners.py). ``work_root`` must be new: a chunk finished there is not enhanced again."""
-    import dask
-    from distributed import Client, LocalCluster, wait
+    """Wall time of the enhance_chunk stage over ``chunks`` on ``workers`` Dask workers of ``threads``
+    threads each, made by the flow's own ``local_cluster`` (its worker environment and scheduling).
+    ``work_root`` must be new: a chunk finished there is not enhanced again."""
+    from distributed import Client, wait
 
     from bench.load import CpuShare
-    from flows.runners import nanny_environ
+    from flows.runners import local_cluster
 
     opts = RunOptions(precision=precision, device="cpu", dask_workers=0)
-    env = {k: os.environ[k] for k in ("WAV2LIP_HQ_MODELS_DIR", "WAV2LIP_HQ_FFMPEG") if k in os.environ}
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": nanny_environ()}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
-                               dashboard_address=None)
-    with cluster, Client(cluster) as client:
-        client.register_plugin(TorchThreads(threads))
+    with local_cluster(workers, threads) as cluster, Client(cluster) as client:
         addrs = list(client.scheduler_info()["workers"])
         got = client.gather([client.submit(_warm, precision, workers=[a], pure=False) for a in addrs])
         with CpuShare() as share:

@@ -82,8 +82,9 @@ class RunOptions(BaseModel):
     preset: Literal["ultrafast", "veryfast", "fast", "medium", "slow"] = option(
         "medium", "H.264 encoder speed/size trade-off.")
     chunk_frames: CountOrAuto = option(
-        "auto", "Frames per enhancement chunk; chunks run in parallel on the Dask workers. auto: sized from the "
-        "frame count and the workers available, at least two chunks per worker when the clip is long enough.")
+        "auto", "Frames per enhancement chunk, at most (chunks are cut even); chunks run in parallel on the Dask "
+        "workers. auto: sized from the frame count and the workers available, at least two chunks per worker "
+        "when the clip is long enough.")
     batch_size: int = option(0, "Frames per Wav2Lip generator call; 0 = automatic (16 on CPU, 128 on CUDA).",
                              ge=0, le=512)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(

@@ -89,7 +89,10 @@ def local_cluster(n_workers: int, threads_per_worker: int, gpus: int = 0, **kwar
     # dask.config.set on a key of a section that does not exist yet removes the whole section on
     # exit: had `distributed` been first imported inside the block, its defaults would vanish with
     # it and closing the cluster would fail with KeyError: 'distributed'
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": nanny_environ()}):
+    # worker-saturation 1.0: a worker is handed its next chunk when it has finished one, so no chunk
+    # waits queued on a busy worker while another goes idle at the end of the run
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": nanny_environ(),
+                          "distributed.scheduler.worker-saturation": 1.0}):
         return _local_cluster(n_workers, threads_per_worker, gpus, **kwargs)
 
 

@@ -12,27 +12,31 @@ from tasks.split_video import (
     MAX_CHUNK_FRAMES,
     MIN_CHUNK_FRAMES,
     chunk_bounds,
-    chunk_frames_for,
-    resolve_chunk_frames,
+    chunks_for,
+    resolve_chunks,
 )
 from tests.conftest import ffmpeg
 
 
-def n_chunks(n_frames: int, workers: int) -> int:
-    return len(chunk_bounds(n_frames, chunk_frames_for(n_frames, workers)))
+def sizes(n_frames: int, n_chunks: int) -> list[int]:
+    return [b - a for a, b in chunk_bounds(n_frames, n_chunks)]
 
 
-@pytest.mark.parametrize("n_frames, workers, size, chunks", [
-    (50, 2, 13, 4),      # the 2 s clip on this machine's 2 workers: two chunks each
-    (50, 1, 25, 2),
-    (10, 2, 5, 2),       # halves would be under MIN_CHUNK_FRAMES: one chunk per worker
-    (7, 2, 4, 2),
-    (1, 8, 1, 1),        # fewer frames than workers: one frame each, as far as they go
-    (7500, 2, 50, 150),  # a long clip: capped chunks, many per worker
+@pytest.mark.parametrize("n_frames, workers, cut", [
+    (50, 2, [13, 13, 12, 12]),  # the 2 s clip on this machine's 2 workers: two chunks each
+    (50, 1, [25, 25]),
+    (10, 2, [5, 5]),            # halves would be under MIN_CHUNK_FRAMES: one chunk per worker
+    (7, 2, [4, 3]),
+    (1, 8, [1]),                # fewer frames than workers: one frame each, as far as they go
+    (3, 8, [1, 1, 1]),
 ])
-def test_chunk_size_for_frames_and_workers(n_frames, workers, size, chunks):
-    assert chunk_frames_for(n_frames, workers) == size
-    assert n_chunks(n_frames, workers) == chunks
+def test_chunks_for_frames_and_workers(n_frames, workers, cut):
+    assert sizes(n_frames, chunks_for(n_frames, workers)) == cut
+
+
+def test_a_long_clip_gets_capped_chunks_the_same_number_per_worker():
+    assert sizes(7500, chunks_for(7500, 2)) == [50] * 150
+    assert sizes(250, chunks_for(250, 2)) == [42, 42, 42, 42, 41, 41]   # not 5 of 50: 3 chunks against 2
 
 
 def _busiest_worker(bounds: list[tuple[int, int]], workers: int) -> int:
@@ -46,22 +50,28 @@ def _busiest_worker(bounds: list[tuple[int, int]], workers: int) -> int:
 def test_every_worker_is_busy_and_no_chunk_is_tiny_or_huge():
     for workers in range(1, 9):
         for n in range(1, 1200):
-            size = chunk_frames_for(n, workers)
-            bounds = chunk_bounds(n, size)
-            assert 1 <= size <= MAX_CHUNK_FRAMES
-            assert size <= -(-n // workers), (n, workers)                                # one chunk each at least
+            bounds = chunk_bounds(n, chunks_for(n, workers))
+            cut = [b - a for a, b in bounds]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n and sum(cut) == n
+            assert all(x == y for (_, x), (y, _) in zip(bounds, bounds[1:]))       # consecutive
+            assert max(cut) - min(cut) <= 1 and max(cut) <= MAX_CHUNK_FRAMES
+            assert len(cut) == min(n, workers) or len(cut) % workers == 0, (n, workers)  # same count each
             if n >= CHUNKS_PER_WORKER * workers * MIN_CHUNK_FRAMES:
-                assert size <= -(-n // (CHUNKS_PER_WORKER * workers)), (n, workers)     # two when it allows
-                assert size >= MIN_CHUNK_FRAMES, (n, workers)                           # not split below the floor
-            # every worker busy to the end: the busiest within 15% (+1 frame) of an even share
-            assert _busiest_worker(bounds, workers) <= 1.15 * n / workers + 1, (n, workers, size)
+                assert len(cut) >= CHUNKS_PER_WORKER * workers, (n, workers)         # two each when it allows
+                assert min(cut) >= MIN_CHUNK_FRAMES, (n, workers)                   # not split below the floor
+            # every worker busy to the end: none gets more than its even share, rounded up
+            assert _busiest_worker(bounds, workers) <= -(-n // workers), (n, workers, cut)
 
 
-def test_explicit_chunk_frames_override_auto():
-    assert resolve_chunk_frames(7, 50, 2) == 7
-    assert resolve_chunk_frames("auto", 50, 2) == 13
+def test_explicit_chunk_frames_are_a_maximum_cut_even():
+    assert sizes(50, resolve_chunks(7, 50, 2)) == [7, 7, 6, 6, 6, 6, 6, 6]
+    assert sizes(16, resolve_chunks(6, 16, 2)) == [6, 5, 5]
+    assert sizes(4, resolve_chunks(10, 4, 2)) == [4]
+    assert resolve_chunks("auto", 50, 2) == 4
     with pytest.raises(ValueError):
-        chunk_frames_for(0, 2)
+        chunks_for(0, 2)
+    with pytest.raises(ValueError):
+        chunk_bounds(3, 4)
 
 
 def test_worker_count_of_each_runner(monkeypatch):
@@ -109,9 +119,9 @@ def test_the_flow_sizes_chunks_to_its_workers(prefect_server, models_dir, facele
 
     common = {"audio": faceless["audio"], "video": faceless["video"], "precision": "bf16"}
     lipsync_hq(**common, output=str(tmp_path / "auto.mp4"), work_dir=str(tmp_path / "auto"), dask_workers=2)
-    sizes, workers = _chunk_manifests(tmp_path / "auto")
-    assert sizes == [4, 4, 4, 4] and n_chunks(16, 2) == 4   # 2 per worker (1 worker would get 2 of 8)
+    cut, workers = _chunk_manifests(tmp_path / "auto")
+    assert cut == [4, 4, 4, 4]                              # 2 per worker (1 worker would get 2 of 8)
     assert len(workers) == 2, workers                       # both workers enhanced chunks
     lipsync_hq(**common, output=str(tmp_path / "fixed.mp4"), work_dir=str(tmp_path / "fixed"), dask_workers=0,
                chunk_frames=6)
-    assert _chunk_manifests(tmp_path / "fixed")[0] == [6, 6, 4]   # an explicit size is kept
+    assert _chunk_manifests(tmp_path / "fixed")[0] == [6, 5, 5]   # an explicit size is a maximum, cut even

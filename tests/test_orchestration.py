@@ -294,7 +294,8 @@ def _worker_environment() -> dict:
 @pytest.mark.parametrize("threads", [1, 2])  # 1: OpenCV's default would be every core; 2: Dask's torch default 1
 def test_local_cluster_workers_keep_glibc_adaptive_allocation(threads):
     """Dask's nanny would set MALLOC_TRIM_THRESHOLD_ (1.6x slower GFPGAN on CPU); ours leave it out,
-    give each worker its threads (torch's and OpenCV's), and leave Dask's own configuration as it was."""
+    give each worker its threads (torch's and OpenCV's), hold no chunk queued on a busy worker (Dask's
+    default saturation 1.1 hands a 1-thread worker two), and leave Dask's own configuration as it was."""
     import dask
     from distributed import Client
 
@@ -302,14 +303,17 @@ def test_local_cluster_workers_keep_glibc_adaptive_allocation(threads):
 
     before = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     assert "MALLOC_TRIM_THRESHOLD_" in before  # Dask's default: what this guards against
+    saturation = dask.config.get("distributed.scheduler.worker-saturation")
     cluster = local_cluster(1, threads)
     try:
         with Client(cluster) as client:
             got = client.submit(_worker_environment, pure=False).result(timeout=120)
+        assert cluster.scheduler.WORKER_SATURATION == 1.0 != saturation
     finally:
         cluster.close()
     assert got == {"trim": None, "threads": threads, "cv2": threads}
     assert dask.config.get("distributed.nanny.pre-spawn-environ") == before
+    assert dask.config.get("distributed.scheduler.worker-saturation") == saturation
 
 
 def test_local_cluster_in_a_fresh_process_leaves_dask_config_whole():
