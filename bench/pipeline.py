@@ -36,10 +36,10 @@ def count_faces(synced, n_frames: int, restore: str = "all") -> int:
 @contextmanager
 def instrument(models: dict):
     """Accumulate time spent inside each model's forward (``models``: name -> nn.Module, via hooks),
-    inside GFPGAN compiled for OpenVINO (counted as ``gfpgan``) and inside CenterFace detection (the
-    classes' ``__call__`` wrapped) in this process; yields {"<name>_s": seconds, "<name>_calls": n}.
+    inside GFPGAN and Wav2Lip compiled for OpenVINO (counted as ``gfpgan`` and ``wav2lip``) and inside
+    CenterFace detection (the classes' ``__call__`` wrapped) in this process; yields {"<name>_s": seconds, "<name>_calls": n}.
     Product code is not changed, only observed."""
-    from models.engines import OpenVINOGFPGAN
+    from models.engines import OpenVINOGFPGAN, OpenVINOWav2Lip
     from models.face_detection import CenterFaceDetector
 
     acc: dict = defaultdict(float)
@@ -53,6 +53,7 @@ def instrument(models: dict):
             acc[f"{name}_calls"] += 1
 
         handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+
     def timed(original, key: str):
         def call(self, *args):
             t = time.perf_counter()
@@ -63,14 +64,18 @@ def instrument(models: dict):
                 acc[f"{key}_calls"] += 1
         return call
 
-    original, ov_original = CenterFaceDetector.__call__, OpenVINOGFPGAN.__call__
-    CenterFaceDetector.__call__ = timed(original, "detect")
-    OpenVINOGFPGAN.__call__ = timed(ov_original, "gfpgan")
+    wrapped = {CenterFaceDetector: "detect", OpenVINOGFPGAN: "gfpgan", OpenVINOWav2Lip: "wav2lip"}
+    own = {cls: cls.__dict__.get("__call__") for cls in wrapped}  # None: inherited
+    for cls, key in wrapped.items():
+        cls.__call__ = timed(cls.__call__, key)
     try:
         yield acc
     finally:
-        CenterFaceDetector.__call__ = original
-        OpenVINOGFPGAN.__call__ = ov_original
+        for cls, original in own.items():
+            if original is None:
+                del cls.__call__
+            else:
+                cls.__call__ = original
         for h in handles:
             h.remove()
         for k in [k for k in acc if k.startswith("_")]:

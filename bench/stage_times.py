@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench.common import loop_to, weights_available
 from bench.pipeline import run_ours
+from models.engines import ENGINES
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--chunk-frames", default="auto", help="a number, or auto")
-    p.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino"], help="GFPGAN's engine")
+    p.add_argument("--engine", default="auto", choices=ENGINES, help="Wav2Lip's and GFPGAN's engine")
     p.add_argument("--upscale", type=int, default=1, choices=[1, 2])
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()

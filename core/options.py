@@ -91,8 +91,9 @@ class RunOptions(BaseModel):
         "auto", "auto (bf16 on CPUs with bf16 instructions, fp16 on CUDA, else fp32), fp32 (exact), or bf16 / "
         "fp16 autocast; restored faces stay within 4/255 of fp32 (99.9% of pixels within 2).")
     engine: Literal["auto", "torch", "openvino"] = option(
-        "auto", "GFPGAN's inference engine: auto (OpenVINO on a CPU when installed, about 4x faster in bf16; "
-        "torch on CUDA or without it), torch, or openvino (CPU only); same fidelity bound as --precision.")
+        "auto", "Inference engine of Wav2Lip and GFPGAN: auto (OpenVINO on a CPU when installed, about 3x and "
+        "4x faster in bf16; torch on CUDA or without it), torch, or openvino (CPU only); same fidelity bound as "
+        "--precision.")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
     work_dir: str | None = option(
         None, "Where stage outputs are kept for reuse: a path or URL such as s3://bucket/work (default: "

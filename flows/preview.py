@@ -31,7 +31,7 @@ IMAGE_TYPES = (".png", ".jpg", ".jpeg")
 def preview(audio: str, video: str, at: float, opts: RunOptions = RunOptions()) -> np.ndarray:
     """The source, lip-synced and (with ``opts.enhance``) restored frame shown at ``at`` seconds of the
     output, side by side."""
-    from models.loading import get_model, get_restorer
+    from models.loading import get_restorer, get_wav2lip
 
     audio_info, info = probe_media(audio, video, opts)
     check_regions(opts, info)
@@ -59,7 +59,7 @@ def preview(audio: str, video: str, at: float, opts: RunOptions = RunOptions()) 
                       box=opts.box)
     k = src - first
     source = frames[k]
-    model, device = get_model("wav2lip", opts.checkpoint, opts.device)
+    model, device = get_wav2lip(opts.checkpoint, opts.device, opts.engine, opts.precision)
     synced = sync_frames(model, device, [(source, i, k)], plan, window, opts)[0]
     panels, labels = [source, synced], ["source", f"lip-synced (--mask {opts.mask})"]
     if opts.enhance:

@@ -15,8 +15,8 @@ from models.weights import checkpoint_file, sha256_file
 _LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(kind: str, path: str, digest: str, device: str) -> torch.nn.Module:
+def load_network(kind: str, path: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
+    """A new torch module of ``kind`` with the checkpoint at ``path`` (strict keys), not cached."""
     if kind == "wav2lip":
         from models.wav2lip import load_wav2lip
 
@@ -34,6 +34,11 @@ def _load_cached(kind: str, path: str, digest: str, device: str) -> torch.nn.Mod
 
         return load_syncnet(path, device)
     raise ValueError(f"unknown model kind {kind!r}")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(kind: str, path: str, digest: str, device: str) -> torch.nn.Module:
+    return load_network(kind, path, device)
 
 
 def _load(kind: str, path: str, digest: str, device: str) -> torch.nn.Module:
@@ -61,22 +66,36 @@ def get_model(kind: str, weights: str, device: str | torch.device | None = None
     return _load(kind, str(path), sha256_file(path), str(dev)), dev
 
 
-def get_restorer(weights: str, device: str | torch.device | None = None, engine: str = "auto",
-                 precision: str = "auto"):
-    """(GFPGAN, device) for ``--gfpgan``'s value, on the engine ``engine`` resolves to
-    (:func:`models.engines.resolve_engine`): the torch module, or an OpenVINO model compiled at the
-    resolved ``precision`` for this process's thread count (its IR converted once per weights file, in
-    ``models_dir()/openvino``). Either is what :func:`models.restorer.restore_faces` takes."""
-    from models.engines import openvino_gfpgan, resolve_engine
+def get_network(kind: str, weights: str, option: str, device: str | torch.device | None = None,
+                engine: str = "auto", precision: str = "auto"):
+    """(model, device) for Wav2Lip's or GFPGAN's checkpoint option (``--checkpoint``, ``--gfpgan``) on the
+    engine ``engine`` resolves to (:func:`models.engines.resolve_engine`): the torch module, or an
+    OpenVINO model compiled at the resolved ``precision`` for this process's thread count (its IR
+    converted once per weights file, in ``models_dir()/openvino``). Either is called the same way."""
+    from models.engines import openvino_network, resolve_engine
     from models.precision import resolve_precision
     from models.weights import models_dir
 
     _pin_threads()
     dev = resolve_device(device)
     if resolve_engine(engine, dev) == "torch":
-        return get_model("gfpgan", weights, dev)
-    path = checkpoint_file(weights, "--gfpgan")
-    return openvino_gfpgan(path, sha256_file(path), resolve_precision(precision, dev), models_dir() / "openvino"), dev
+        return get_model(kind, weights, dev)
+    path = checkpoint_file(weights, option)
+    return openvino_network(kind, path, sha256_file(path), resolve_precision(precision, dev),
+                            models_dir() / "openvino"), dev
+
+
+def get_restorer(weights: str, device: str | torch.device | None = None, engine: str = "auto",
+                 precision: str = "auto"):
+    """(GFPGAN, device) for ``--gfpgan``'s value: :func:`get_network`; what
+    :func:`models.restorer.restore_faces` takes."""
+    return get_network("gfpgan", weights, "--gfpgan", device, engine, precision)
+
+
+def get_wav2lip(weights: str, device: str | torch.device | None = None, engine: str = "auto",
+                precision: str = "auto"):
+    """(Wav2Lip, device) for ``--checkpoint``'s value: :func:`get_network`."""
+    return get_network("wav2lip", weights, "--checkpoint", device, engine, precision)
 
 
 def check_layout(kind: str, weights: str, option: str) -> None:
@@ -88,6 +107,6 @@ def check_layout(kind: str, weights: str, option: str) -> None:
     if is_official(weights):
         return
     try:
-        _load_cached.__wrapped__(kind, str(checkpoint_file(weights, option)), "", "cpu")
+        load_network(kind, checkpoint_file(weights, option))
     except CheckpointError as exc:
         raise CheckpointError(f"{option}: {exc}") from None

@@ -29,7 +29,7 @@ def lipsync(audio: AudioInfo, video: VideoInfo, detections: str | Path, out_dir:
             opts: RunOptions = RunOptions()) -> SyncedVideo:
     """Run Wav2Lip over ``video`` driven by ``audio`` (both probed, at local paths) on the speaker's face
     in ``detections`` (a saved :class:`Detections`); write ``synced.mkv`` and ``faces.npz`` in ``out_dir``."""
-    from models.loading import get_model
+    from models.loading import get_wav2lip
 
     log = get_logger()
     out_dir = Path(out_dir)
@@ -41,7 +41,7 @@ def lipsync(audio: AudioInfo, video: VideoInfo, detections: str | Path, out_dir:
     mel = melspectrogram(wav)
     n_out = frame_count(len(wav), video.fps)
     windows = mel_windows(mel, n_out, video.fps)
-    model, device = get_model("wav2lip", opts.checkpoint, opts.device)
+    model, device = get_wav2lip(opts.checkpoint, opts.device, opts.engine, opts.precision)
     batch_size = opts.batch_size or default_batch("wav2lip", device)
 
     dets = Detections.load(detections)
@@ -57,9 +57,10 @@ def lipsync(audio: AudioInfo, video: VideoInfo, detections: str | Path, out_dir:
                          f"face was found; use smaller negative pads")
     if not plan.sync.any():
         log.warning("video %s: no face found in any frame; the output shows it unchanged", video.path)
-    log.info("lip-sync: %d source frames -> %d output frames at %.3f fps (%s, %s); %d faces in %d tracks, "
+    log.info("lip-sync: %d source frames -> %d output frames at %.3f fps (%s, %s, %s); %d faces in %d tracks, "
              "%d frames without a face to lip-sync", n_src, n_out, float(video.fps), device,
-             resolve_precision(opts.precision, device), len(dets.frame), tracks.n_tracks, int((~plan.sync).sum()))
+             resolve_precision(opts.precision, device), getattr(model, "engine", "torch"), len(dets.frame),
+             tracks.n_tracks, int((~plan.sync).sum()))
 
     faces_path = plan.save(out_dir / "faces.npz")
     progress = Progress("lip-sync", n_out)
@@ -231,15 +232,18 @@ KEY_OPTIONS = ("still_fps", "pads", "smooth", "mask", "face", "loop", "box", "on
 
 def _key_inputs(job: Job, detections: FaceDetections, opts: RunOptions) -> dict:
     from models.checkpoint import resolve_device
+    from models.engines import resolve_engine
     from models.weights import checkpoint_file, sha256_file
 
     device = resolve_device(opts.device)
+    # the engine actually used, as in enhance_chunk's key: its pixels differ within the precision bound
     return {"audio": job.audio_sha256, "video": job.video_sha256, "detections": detections.key,
             "opts": opts.model_dump(include=set(KEY_OPTIONS)), "weights": sha256_file(checkpoint_file(opts.checkpoint)),
-            "device": device.type, "precision": resolve_precision(opts.precision, device)}
+            "device": device.type, "precision": resolve_precision(opts.precision, device),
+            "engine": resolve_engine(opts.engine, device)}
 
 
-STAGE = Stage("lipsync", version="3", product=SyncedVideo, key_inputs=_key_inputs)
+STAGE = Stage("lipsync", version="4", product=SyncedVideo, key_inputs=_key_inputs)
 
 
 @STAGE.task

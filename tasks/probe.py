@@ -93,7 +93,7 @@ def check_checkpoints(opts: RunOptions) -> None:
 
 
 def check_device(opts: RunOptions) -> None:
-    """The device exists here, and the precision and GFPGAN engine are ones it runs."""
+    """The device exists here, and the precision and engine are ones it runs."""
     import torch
 
     from models.checkpoint import resolve_device

@@ -1,10 +1,11 @@
-"""GFPGAN on OpenVINO (models/engines.py): fidelity to torch fp32, determinism, the on-disk IR cache, the
-fallback to torch, and the engine in enhance_chunk's cache key.
+"""GFPGAN and Wav2Lip on OpenVINO (models/engines.py): fidelity to torch fp32, determinism, the on-disk
+IR cache, the fallback to torch, and the engine in the lipsync and enhance_chunk cache keys.
 
 The fidelity set-up is tests/test_precision.py's: GFPGANv1Clean with its own seeded initialisation on a
 real aligned face (the unit-variance test checkpoints are chaotic, see there). Measured here: OpenVINO
 2026.4 bf16 (convolutions in bf16, the rest fp32) max 2 levels, 100% within 2, mean ~0.32; fp32 max 1.
 Without the fp32 marks the bf16 graph was at max 5 and 93.8% within 2: the bound below catches that.
+Wav2Lip (the test checkpoint's weights, real face crops, as in test_precision.py): bf16 max 1 level.
 """
 from __future__ import annotations
 
@@ -78,13 +79,73 @@ def test_the_ir_is_converted_once_per_weights_file(models_dir, monkeypatch):
     assert cached == [".bin", ".xml"], cached
     # a new process (the cache forgotten) compiles the IR on disk without converting again
     engines.clear_cache()
-    monkeypatch.setattr(engines, "convert_gfpgan", lambda *a, **k: pytest.fail("converted again"))
+    monkeypatch.setitem(engines.CONVERT, "gfpgan", lambda *a, **k: pytest.fail("converted again"))
     again = get_restorer("1.4", "cpu", "openvino", "fp32")[0]
     assert isinstance(again, engines.OpenVINOGFPGAN) and again.precision == "fp32"
     from models.restorer import restore_faces
 
     grey = np.full((512, 512, 3), 128, np.uint8)
     assert restore_faces(again, [grey], dev)[0].shape == (512, 512, 3)
+
+
+@pytest.fixture(scope="module")
+def wav2lip_inputs(face):  # noqa: F811 -- the imported fixture
+    """test_precision.py's Wav2Lip set-up: real face crops (4), loud-ish mel windows, a batch of 4."""
+    import cv2
+
+    from tasks.lipsync import prepare_faces
+
+    frame, f = face
+    x1, y1, x2, y2 = (int(v) for v in f.box)
+    crop = frame[y1:min(frame.shape[0], y2 + 10), x1:x2]
+    faces = prepare_faces([crop, cv2.flip(crop, 1), cv2.GaussianBlur(crop, (5, 5), 0), crop[::-1].copy()])
+    mel = torch.rand(len(faces), 1, 80, 16, generator=torch.Generator().manual_seed(0)) * 8 - 4
+    return mel, faces
+
+
+def _wav2lip_pixels(t: torch.Tensor) -> np.ndarray:
+    return (t.float().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)  # as tasks.lipsync does
+
+
+@requires_openvino
+@pytest.mark.parametrize("precision, max_levels", [("bf16", 2), ("fp32", 1)])
+def test_openvino_wav2lip_within_the_bound_of_torch_fp32(models_dir, wav2lip_inputs, precision, max_levels):
+    """The test checkpoint through the users' path (get_wav2lip), against its torch module in fp32."""
+    import models.engines as engines
+    from models.loading import get_model, get_wav2lip
+
+    mel, faces = wav2lip_inputs
+    torch_net = get_model("wav2lip", "wav2lip_gan.pth", "cpu")[0]
+    with torch.inference_mode():
+        ref = _wav2lip_pixels(torch_net(mel, faces))
+    engines.clear_cache()
+    net, _ = get_wav2lip("wav2lip_gan.pth", "cpu", "openvino", precision)
+    assert isinstance(net, engines.OpenVINOWav2Lip) and net.precision == precision
+    out = _wav2lip_pixels(net(mel, faces))
+    assert out.shape == ref.shape == (4, 96, 96, 3)
+    d = _levels(ref, out)
+    assert d.max() <= max_levels, f"max difference {d.max()}/255"
+    assert d.mean() < 0.3, f"mean difference {d.mean():.3f}/255"
+    # any batch size (the IR's batch is free), and deterministic: one face alone gives the same pixels
+    one = _wav2lip_pixels(net(mel[2:3], faces[2:3]))
+    assert np.array_equal(one[0], out[2])
+
+
+@requires_openvino
+def test_the_wav2lip_ir_is_converted_once_per_weights_file(models_dir, monkeypatch):
+    import models.engines as engines
+    from models.loading import get_wav2lip
+
+    engines.clear_cache()
+    net, _ = get_wav2lip("wav2lip_gan.pth", "cpu", "auto", "bf16")
+    assert isinstance(net, engines.OpenVINOWav2Lip)
+    cached = sorted(p.suffix for p in (models_dir / "openvino").glob("wav2lip-*-ir*"))
+    assert cached == [".bin", ".xml"], cached
+    engines.clear_cache()
+    monkeypatch.setitem(engines.CONVERT, "wav2lip", lambda *a, **k: pytest.fail("converted again"))
+    again = get_wav2lip("wav2lip_gan.pth", "cpu", "openvino", "fp32")[0]
+    assert again.precision == "fp32"
+    assert again(torch.zeros(3, 1, 80, 16), torch.zeros(3, 6, 96, 96)).shape == (3, 3, 96, 96)
 
 
 @pytest.fixture
@@ -143,6 +204,26 @@ def test_engine_enters_the_cache_key(models_dir, monkeypatch):
     assert key_ov != STAGE.key(chunk=chunk, opts=opts)
     # auto and the engine it resolves to are the same computation: the same key
     assert STAGE.key(chunk=chunk, opts=opts) == STAGE.key(chunk=chunk, opts=RunOptions(device="cpu", engine="torch"))
+
+
+def test_engine_enters_the_lipsync_key(models_dir, monkeypatch):
+    """Frames lip-synced by OpenVINO are not served to a run that would use torch, and vice versa."""
+    import models.engines as engines
+    from core.options import RunOptions
+    from core.products import FaceDetections, Job
+    from tasks.lipsync import STAGE
+
+    job = Job.model_construct(audio_sha256="a" * 64, video_sha256="v" * 64)
+    dets = FaceDetections.model_construct(key="d" * 32)
+    opts = RunOptions(device="cpu")
+    monkeypatch.setattr(engines, "openvino_available", lambda: True)
+    key_ov = STAGE.key(job=job, detections=dets, opts=opts)
+    assert STAGE.key_inputs(job, dets, opts)["engine"] == "openvino"
+    monkeypatch.setattr(engines, "openvino_available", lambda: False)
+    assert STAGE.key_inputs(job, dets, opts)["engine"] == "torch"
+    assert key_ov != STAGE.key(job=job, detections=dets, opts=opts)
+    assert STAGE.key(job=job, detections=dets, opts=opts) == STAGE.key(
+        job=job, detections=dets, opts=RunOptions(device="cpu", engine="torch"))
 
 
 def test_an_engine_the_machine_cannot_run_is_refused_up_front(monkeypatch):
