@@ -37,8 +37,8 @@ def count_faces(synced, n_frames: int, restore: str = "all") -> int:
 def instrument(models: dict):
     """Accumulate time spent inside each model's forward (``models``: name -> nn.Module, via hooks),
     inside GFPGAN and Wav2Lip compiled for OpenVINO (counted as ``gfpgan`` and ``wav2lip``) and inside
-    CenterFace detection (the classes' ``__call__`` wrapped) in this process; yields {"<name>_s": seconds, "<name>_calls": n}.
-    Product code is not changed, only observed."""
+    CenterFace detection (the classes' ``__call__`` wrapped) in this process; yields
+    {"<name>_s": seconds, "<name>_calls": n}. Product code is not changed, only observed."""
     from models.engines import OpenVINOGFPGAN, OpenVINOWav2Lip
     from models.face_detection import CenterFaceDetector
 

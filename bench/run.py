@@ -134,13 +134,12 @@ def warm_models(precisions: list[str]) -> None:
 
     from models.loading import get_restorer, get_wav2lip
 
-    m = loaded_models()
+    loaded_models()  # the torch modules the instrumented runs hook
     for p in precisions:
+        # the engines the pipeline uses (OpenVINO: its IRs converted once into the models directory here,
+        # as on a user's first run, so a timed run compiles them but does not convert them)
         with torch.inference_mode(), autocast("cpu", p):
-            m["wav2lip"](torch.zeros(2, 1, 80, 16), torch.zeros(2, 6, 96, 96))
-        # the engine the pipeline uses (OpenVINO: its IR converted once into the models directory here,
-        # as on a user's first run, so a timed run compiles it but does not convert it)
-        get_wav2lip("wav2lip_gan.pth", "cpu", "auto", p)[0](torch.zeros(2, 1, 80, 16), torch.zeros(2, 6, 96, 96))
+            get_wav2lip("wav2lip_gan.pth", "cpu", "auto", p)[0](torch.zeros(2, 1, 80, 16), torch.zeros(2, 6, 96, 96))
         net, _ = get_restorer("GFPGANv1.4.pth", "cpu", "auto", p)
         restore_faces(net, [np.full((512, 512, 3), 128, np.uint8)], "cpu", precision=p)
 

@@ -98,6 +98,19 @@ def get_wav2lip(weights: str, device: str | torch.device | None = None, engine: 
     return get_network("wav2lip", weights, "--checkpoint", device, engine, precision)
 
 
+def network_key(weights: str, option: str, device: str | torch.device | None = None,
+                engine: str = "auto", precision: str = "auto") -> dict:
+    """What a stage's pixels take from the network :func:`get_network` would give it: the weights'
+    content, the device type, and the precision and engine actually used (engines differ within the
+    precision bound, so an ``auto`` run without OpenVINO does not reuse output made with it)."""
+    from models.engines import resolve_engine
+    from models.precision import resolve_precision
+
+    dev = resolve_device(device)
+    return {"weights": sha256_file(checkpoint_file(weights, option)), "device": dev.type,
+            "precision": resolve_precision(precision, dev), "engine": resolve_engine(engine, dev)}
+
+
 def check_layout(kind: str, weights: str, option: str) -> None:
     """A user's own checkpoint loads into the network (strict keys); the error names the option and the
     missing and unexpected keys. Official files are checked by their SHA-256 instead."""

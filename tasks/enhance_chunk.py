@@ -85,17 +85,10 @@ KEY_OPTIONS = ("blend", "upscale", "restore", "precision", "device")
 
 
 def _key_inputs(chunk: Chunk, opts: RunOptions) -> dict:
-    from models.checkpoint import resolve_device
-    from models.engines import resolve_engine
-    from models.precision import resolve_precision
-    from models.weights import checkpoint_file, sha256_file
+    from models.loading import network_key
 
-    device = resolve_device(opts.device)
-    # the engine changes pixels (within the precision bound): the one actually used is keyed, so an
-    # `auto` run on a machine without OpenVINO does not reuse chunks restored with it, and vice versa
-    return {"chunk": chunk.key, "opts": opts.model_dump(include=set(KEY_OPTIONS)), "device": device.type,
-            "precision": resolve_precision(opts.precision, device), "engine": resolve_engine(opts.engine, device),
-            "weights": sha256_file(checkpoint_file(opts.gfpgan, "--gfpgan"))}
+    return {"chunk": chunk.key, "opts": opts.model_dump(include=set(KEY_OPTIONS)),
+            **network_key(opts.gfpgan, "--gfpgan", opts.device, opts.engine, opts.precision)}
 
 
 STAGE = Stage("enhance_chunk", version="3", product=Chunk, key_inputs=_key_inputs)

@@ -231,16 +231,11 @@ KEY_OPTIONS = ("still_fps", "pads", "smooth", "mask", "face", "loop", "box", "on
 
 
 def _key_inputs(job: Job, detections: FaceDetections, opts: RunOptions) -> dict:
-    from models.checkpoint import resolve_device
-    from models.engines import resolve_engine
-    from models.weights import checkpoint_file, sha256_file
+    from models.loading import network_key
 
-    device = resolve_device(opts.device)
-    # the engine actually used, as in enhance_chunk's key: its pixels differ within the precision bound
     return {"audio": job.audio_sha256, "video": job.video_sha256, "detections": detections.key,
-            "opts": opts.model_dump(include=set(KEY_OPTIONS)), "weights": sha256_file(checkpoint_file(opts.checkpoint)),
-            "device": device.type, "precision": resolve_precision(opts.precision, device),
-            "engine": resolve_engine(opts.engine, device)}
+            "opts": opts.model_dump(include=set(KEY_OPTIONS)),
+            **network_key(opts.checkpoint, "--checkpoint", opts.device, opts.engine, opts.precision)}
 
 
 STAGE = Stage("lipsync", version="4", product=SyncedVideo, key_inputs=_key_inputs)
