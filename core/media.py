@@ -390,11 +390,12 @@ class FrameWriter:
 def _video_encoding(video, codec: str, crf: int, preset: str, width: int, height: int, sar: Fraction) -> tuple:
     """(stream, encoder options): ``lossless`` for our intermediates, ``h264`` for the final video."""
     if codec == "lossless":
-        # Ut Video on planar GBR keeps BGR pixels bit-exact and every frame a key frame (chunks are cut by
-        # stream copy). Measured on 844x844 frames, per frame: encode 7.7 ms, decode 7 ms, 385 kB;
-        # FFV1 made files 1.7x smaller but took 17.5 ms to encode and 18 to decode: in the lipsync stage
-        # that was CPU taken from the network on every frame.
-        return video, {"c:v": "utvideo", "pred": "median", "pix_fmt": "gbrp"}
+        # FFmpeg's Huffyuv variant on packed RGB: all-intra (chunks are cut by stream copy), bit-exact BGR at
+        # any size. Ut Video wrote streams its decoder rejects ("Incorrect slice size") when frames are
+        # noise at some sizes (590x590, 591x333); FFV1 is 3x slower. CPU per 844x844 frame of the
+        # talking-head clip: encode 4.8 ms (Ut Video 8: in the lipsync stage that CPU is the network's),
+        # decode 6 ms (Ut Video 3.7-7), 600 kB (Ut Video 420-480).
+        return video, {"c:v": "ffvhuff", "pix_fmt": "rgb24"}
     if codec == "h264":
         if width % 2 or height % 2:  # yuv420p needs even sides
             video = video.filter("pad", "ceil(iw/2)*2", "ceil(ih/2)*2")
