@@ -17,7 +17,7 @@ from models.audio import melspectrogram
 from models.face_track import FaceTrack, source_index
 from tasks.detect_faces import detect_faces
 from tasks.enhance_chunk import enhance_chunk
-from tasks.lipsync import lipsync
+from tasks.lipsync import lipsync, mouth_mask, paste
 from tests.conftest import ffmpeg, needs_media
 from tests.media_fixtures import media_file, numbered_frames, write_video
 
@@ -69,6 +69,31 @@ def test_feathered_mouth_leaves_no_seam(models_dir, short_clip, tmp_path):
     print(f"largest jump across the box border: box {box:.1f}, feather {feather:.1f}")
     assert box > 20  # the pasted box does show its edge
     assert feather <= box / 4
+
+
+@pytest.mark.parametrize("size", [(96, 96), (181, 143), (7, 5)])
+def test_feathered_paste_is_the_mask_weighted_blend(size):
+    """paste(mask="feather"): prediction * w + frame * (1 - w) with mouth_mask's weights, rounded to the
+    nearest level; nothing outside the box changes, and the frame passed in is not written into."""
+    rng = np.random.default_rng(size[0])
+    frame = rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)
+    before = frame.copy()
+    prediction = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    h, w = size
+    box = (30, 40, 30 + w, 40 + h)
+    out = paste(frame, prediction, box, "feather")
+    np.testing.assert_array_equal(frame, before)
+    weight = mouth_mask(h, w)[0][..., None].astype(np.float64)
+    face = cv2.resize(prediction, (w, h)).astype(np.float64)
+    want = face * weight + before[40:40 + h, 30:30 + w] * (1.0 - weight)
+    got = out[40:40 + h, 30:30 + w].astype(np.float64)
+    assert np.abs(got - want).max() <= 0.51  # the nearest level (the blend computes in float32)
+    outside = np.ones(frame.shape[:2], bool)
+    outside[40:40 + h, 30:30 + w] = False
+    np.testing.assert_array_equal(out[outside], before[outside])
+    if min(size) >= 20:  # the mouth is the prediction, the top rows and the box's rim are the frame
+        assert weight[int(0.8 * h), w // 2] == 1.0 and weight[0].max() == 0.0 and weight[:, 0].max() < 0.1
+    np.testing.assert_array_equal(paste(frame, prediction, box, "box")[40:40 + h, 30:30 + w], face.astype(np.uint8))
 
 
 def reference_inference(model, frames: list[np.ndarray], wav: np.ndarray, fps: float, box, batch: int
