@@ -286,16 +286,21 @@ def _worker_environment() -> dict:
 
     from models.loading import _pin_threads
 
+    from distributed import get_worker
+
     _pin_threads()
+    callbacks = get_worker().periodic_callbacks
     return {"trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "threads": torch.get_num_threads(),
-            "cv2": cv2.getNumThreads()}
+            "cv2": cv2.getNumThreads(), "profiler": "profile" in callbacks,
+            "tick_ms": callbacks["tick"].callback_time}
 
 
 @pytest.mark.parametrize("threads", [1, 2])  # 1: OpenCV's default would be every core; 2: Dask's torch default 1
 def test_local_cluster_workers_keep_glibc_adaptive_allocation(threads):
     """Dask's nanny would set MALLOC_TRIM_THRESHOLD_ (1.6x slower GFPGAN on CPU); ours leave it out,
     give each worker its threads (torch's and OpenCV's), hold no chunk queued on a busy worker (Dask's
-    default saturation 1.1 hands a 1-thread worker two), and leave Dask's own configuration as it was."""
+    default saturation 1.1 hands a 1-thread worker two), wake the worker's threads less (no profiler,
+    one event-loop tick a second), and leave Dask's own configuration as it was."""
     import dask
     from distributed import Client
 
@@ -311,7 +316,9 @@ def test_local_cluster_workers_keep_glibc_adaptive_allocation(threads):
         assert cluster.scheduler.WORKER_SATURATION == 1.0 != saturation
     finally:
         cluster.close()
-    assert got == {"trim": None, "threads": threads, "cv2": threads}
+    assert got == {"trim": None, "threads": threads, "cv2": threads, "profiler": False, "tick_ms": 1000}
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # Dask's defaults, untouched
+    assert dask.config.get("distributed.admin.tick.interval") == "20ms"
     assert dask.config.get("distributed.nanny.pre-spawn-environ") == before
     assert dask.config.get("distributed.scheduler.worker-saturation") == saturation
 
