@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -143,7 +144,6 @@ def paste_face(canvas: np.ndarray, face: np.ndarray, m: np.ndarray, upscale: int
 # the feather mask is exactly 1 on [INTERIOR, FACE_SIZE - 1 - INTERIOR] in both axes: there the face is
 # pasted over whatever lies beneath (one pixel kept in reserve for the bilinear warp's neighbours)
 INTERIOR = 52
-LANCZOS_MARGIN = 5  # source pixels beyond a piece that its Lanczos taps (4 each side) may read
 
 
 def covered_rect(m: np.ndarray, upscale: int, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
@@ -162,26 +162,59 @@ def covered_rect(m: np.ndarray, upscale: int, shape: tuple[int, ...]) -> tuple[i
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def upscale_frame(frame: np.ndarray, upscale: int, skip: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """``frame`` enlarged ``upscale`` times with Lanczos (OpenCV's), except inside ``skip`` (a rectangle of
-    the result on multiples of ``upscale``, left black): a face pasted there hides it, and on a close-up
-    that is a third of the work. Outside it the pixels equal a whole-frame resize: each piece is resized
-    with a margin of source pixels, so its taps read what the whole frame's would."""
+def _lanczos_taps(frac: float) -> np.ndarray:
+    """OpenCV's 8 Lanczos-4 weights for a sample ``frac`` of a pixel past a source pixel, in its 11-bit
+    fixed point (the sum of its 8-bit resize is exact in float32 at this scale)."""
+    t = frac + 3 - np.arange(8)
+    w = np.sinc(t) * np.sinc(t / 4)
+    return np.rint(w / w.sum() * 2048).astype(np.float32)
+
+
+# at exactly 2x every output pixel lies 0.75 (even ones) or 0.25 (odd ones) of a pixel past a source
+# pixel: the resize is two fixed 8-tap filters per axis; (taps, anchor) for even and odd outputs
+_LANCZOS_2X = ((_lanczos_taps(0.75), 4), (_lanczos_taps(0.25), 3))
+
+
+LANCZOS_BAND = 64  # source rows per pass: its float buffers stay in cache (17 MB each for a whole 844x844 frame)
+
+
+def lanczos2x(frame: np.ndarray) -> np.ndarray:
+    """``frame`` (h, w, 3 uint8) enlarged 2x, the pixels of OpenCV's ``INTER_LANCZOS4`` resize to within one
+    level (where float32 rounds across a half: ~1e-5 of them), in OpenCV's vectorized filters: 3x faster
+    than its resize, whose Lanczos is scalar code. Bands of rows go to OpenCV's thread count of threads
+    (its own split of these small calls gained nothing)."""
     h, w = frame.shape[:2]
-    if skip is None:
-        return cv2.resize(frame, (w * upscale, h * upscale), interpolation=cv2.INTER_LANCZOS4)
-    out = np.zeros((h * upscale, w * upscale, 3), np.uint8)
-    x0, y0, x1, y1 = (v // upscale for v in skip)
-    for top, bottom, left, right in ((0, y0, 0, w), (y1, h, 0, w), (y0, y1, 0, x0), (y0, y1, x1, w)):
-        if bottom <= top or right <= left:
-            continue
-        t, b = max(0, top - LANCZOS_MARGIN), min(h, bottom + LANCZOS_MARGIN)
-        lf, r = max(0, left - LANCZOS_MARGIN), min(w, right + LANCZOS_MARGIN)
-        piece = cv2.resize(frame[t:b, lf:r], ((r - lf) * upscale, (b - t) * upscale),
-                           interpolation=cv2.INTER_LANCZOS4)
-        out[top * upscale:bottom * upscale, left * upscale:right * upscale] = piece[
-            (top - t) * upscale:(bottom - t) * upscale, (left - lf) * upscale:(right - lf) * upscale]
-    return out
+    out = np.empty((2 * h, w, 6), np.uint8)  # the even and odd output columns of a pixel pair side by side
+    starts = range(0, h, LANCZOS_BAND)
+    threads = min(cv2.getNumThreads(), len(starts))
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda r0: _lanczos2x_band(frame, out, r0), starts))
+    else:
+        for r0 in starts:
+            _lanczos2x_band(frame, out, r0)
+    return out.reshape(2 * h, 2 * w, 3)
+
+
+def _lanczos2x_band(frame: np.ndarray, out: np.ndarray, r0: int) -> None:
+    """Output rows 2 * r0 onwards (LANCZOS_BAND source rows), read with the 4 rows either side that the
+    taps reach."""
+    h, w = frame.shape[:2]
+    r1 = min(h, r0 + LANCZOS_BAND)
+    a, b = max(0, r0 - 4), min(h, r1 + 4)
+    src = frame[a:b].reshape(b - a, w * 3).astype(np.float32)
+    rows = np.empty((b - a, 2, w * 3), np.float32)  # even and odd output rows interleaved
+    for p, (taps, anchor) in enumerate(_LANCZOS_2X):
+        cv2.filter2D(src, cv2.CV_32F, taps[:, None], dst=rows[:, p], anchor=(0, anchor),
+                     borderType=cv2.BORDER_REPLICATE)
+    rows = rows[r0 - a:r1 - a].reshape(2 * (r1 - r0), w, 3)
+    cols = []
+    for taps, anchor in _LANCZOS_2X:
+        filtered = cv2.filter2D(rows, cv2.CV_32F, taps[None, :] / 2 ** 22, anchor=(anchor, 0),
+                                borderType=cv2.BORDER_REPLICATE)
+        # on one channel: OpenCV's saturating, rounding conversion is 3x slower on three
+        cols.append(cv2.add(filtered.reshape(-1, w * 3), 0.0, dtype=cv2.CV_8U).reshape(-1, w, 3))
+    cv2.merge(cols, dst=out[2 * r0:2 * r1])
 
 
 def eye_distance(landmarks: np.ndarray) -> float:
