@@ -175,46 +175,51 @@ def _lanczos_taps(frac: float) -> np.ndarray:
 _LANCZOS_2X = ((_lanczos_taps(0.75), 4), (_lanczos_taps(0.25), 3))
 
 
-LANCZOS_BAND = 64  # source rows per pass: its float buffers stay in cache (17 MB each for a whole 844x844 frame)
+LANCZOS_BAND = 64  # source rows per pass: the float buffers stay in cache (17 MB each for a whole 844x844 frame)
 
 
 def lanczos2x(frame: np.ndarray) -> np.ndarray:
     """``frame`` (h, w, 3 uint8) enlarged 2x, the pixels of OpenCV's ``INTER_LANCZOS4`` resize to within one
     level (where float32 rounds across a half: ~1e-5 of them), in OpenCV's vectorized filters: 3x faster
-    than its resize, whose Lanczos is scalar code. Bands of rows go to OpenCV's thread count of threads
-    (its own split of these small calls gained nothing)."""
+    than its resize, whose Lanczos is scalar code. Bands of rows are shared among OpenCV's thread count of
+    threads (its own split of these small calls gained nothing)."""
     h, w = frame.shape[:2]
     out = np.empty((2 * h, w, 6), np.uint8)  # the even and odd output columns of a pixel pair side by side
     starts = range(0, h, LANCZOS_BAND)
     threads = min(cv2.getNumThreads(), len(starts))
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda r0: _lanczos2x_band(frame, out, r0), starts))
+            list(pool.map(lambda k: _lanczos2x_bands(frame, out, starts[k::threads]), range(threads)))
     else:
-        for r0 in starts:
-            _lanczos2x_band(frame, out, r0)
+        _lanczos2x_bands(frame, out, starts)
     return out.reshape(2 * h, 2 * w, 3)
 
 
-def _lanczos2x_band(frame: np.ndarray, out: np.ndarray, r0: int) -> None:
-    """Output rows 2 * r0 onwards (LANCZOS_BAND source rows), read with the 4 rows either side that the
-    taps reach."""
+def _lanczos2x_bands(frame: np.ndarray, out: np.ndarray, starts: range) -> None:
+    """The output rows of the bands of source rows beginning at ``starts``, each band read with the 4 rows
+    either side that the taps reach; one set of buffers for all of them (fresh ones per band cost more in
+    page faults than the filters)."""
     h, w = frame.shape[:2]
-    r1 = min(h, r0 + LANCZOS_BAND)
-    a, b = max(0, r0 - 4), min(h, r1 + 4)
-    src = frame[a:b].reshape(b - a, w * 3).astype(np.float32)
-    rows = np.empty((b - a, 2, w * 3), np.float32)  # even and odd output rows interleaved
-    for p, (taps, anchor) in enumerate(_LANCZOS_2X):
-        cv2.filter2D(src, cv2.CV_32F, taps[:, None], dst=rows[:, p], anchor=(0, anchor),
-                     borderType=cv2.BORDER_REPLICATE)
-    rows = rows[r0 - a:r1 - a].reshape(2 * (r1 - r0), w, 3)
-    cols = []
-    for taps, anchor in _LANCZOS_2X:
-        filtered = cv2.filter2D(rows, cv2.CV_32F, taps[None, :] / 2 ** 22, anchor=(anchor, 0),
-                                borderType=cv2.BORDER_REPLICATE)
-        # on one channel: OpenCV's saturating, rounding conversion is 3x slower on three
-        cols.append(cv2.add(filtered.reshape(-1, w * 3), 0.0, dtype=cv2.CV_8U).reshape(-1, w, 3))
-    cv2.merge(cols, dst=out[2 * r0:2 * r1])
+    src_buf = np.empty((LANCZOS_BAND + 8, w * 3), np.float32)
+    rows_buf = np.empty((LANCZOS_BAND + 8, 2, w * 3), np.float32)  # even and odd output rows interleaved
+    filtered_buf = np.empty((2 * LANCZOS_BAND, w, 3), np.float32)
+    cols_buf = np.empty((2, 2 * LANCZOS_BAND, w * 3), np.uint8)
+    for r0 in starts:
+        r1 = min(h, r0 + LANCZOS_BAND)
+        a, b = max(0, r0 - 4), min(h, r1 + 4)
+        src, rows = src_buf[:b - a], rows_buf[:b - a]
+        np.copyto(src, frame[a:b].reshape(b - a, w * 3))
+        for p, (taps, anchor) in enumerate(_LANCZOS_2X):
+            cv2.filter2D(src, cv2.CV_32F, taps[:, None], dst=rows[:, p], anchor=(0, anchor),
+                         borderType=cv2.BORDER_REPLICATE)
+        band = rows[r0 - a:r1 - a].reshape(2 * (r1 - r0), w, 3)
+        filtered, cols = filtered_buf[:2 * (r1 - r0)], cols_buf[:, :2 * (r1 - r0)]
+        for p, (taps, anchor) in enumerate(_LANCZOS_2X):
+            cv2.filter2D(band, cv2.CV_32F, taps[None, :] / 2 ** 22, dst=filtered, anchor=(anchor, 0),
+                         borderType=cv2.BORDER_REPLICATE)
+            # on one channel: OpenCV's saturating, rounding conversion is 3x slower on three
+            cv2.add(filtered.reshape(-1, w * 3), 0.0, dst=cols[p], dtype=cv2.CV_8U)
+        cv2.merge([c.reshape(-1, w, 3) for c in cols], dst=out[2 * r0:2 * r1])
 
 
 def eye_distance(landmarks: np.ndarray) -> float:
