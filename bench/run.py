@@ -58,8 +58,9 @@ FULL = Config(e2e_seconds=(2.0, 10.0), mem_seconds=(30.0, 300.0), mem_chunk_fram
               conv_batch=64, w2l_frames=128, overhead_seconds=60.0, overhead_chunk_frames=50,
               overhead_repeats=1, overhead_variants=(), scale_chunks=8, scale_chunk_frames=3,
               busy_seconds=2.0)
-# the 60 s overhead run alone would take ~2 h with every face restored, so the standard profile
-# measures overhead on 10 s (250 faces) and says so; benchmark 1's seed pipeline is most of its time
+# the 60 s overhead run alone takes ~25 min with every face restored (plain and flow, 2 idle cores), so
+# the standard profile measures overhead on 10 s (250 faces) and says so; benchmark 1's seed pipeline is
+# most of its time
 STANDARD = Config(e2e_seconds=(2.0, 10.0), mem_seconds=(30.0, 300.0), mem_chunk_frames=50, mem_enhance_chunks=1,
                   conv_batch=64, w2l_frames=128, overhead_seconds=10.0, overhead_chunk_frames=25,
                   overhead_repeats=1, overhead_variants=(), scale_chunks=8, scale_chunk_frames=3,
