@@ -181,7 +181,7 @@ LANCZOS_BAND = 64  # source rows per pass: the float buffers stay in cache (17 M
 def lanczos2x(frame: np.ndarray) -> np.ndarray:
     """``frame`` (h, w, 3 uint8) enlarged 2x, the pixels of OpenCV's ``INTER_LANCZOS4`` resize to within one
     level (where float32 rounds across a half: ~1e-5 of them), in OpenCV's vectorized filters: 3x faster
-    than its resize, whose Lanczos is scalar code. Bands of rows are shared among OpenCV's thread count of
+    than its general Lanczos resize. Bands of rows are shared among OpenCV's thread count of
     threads (its own split of these small calls gained nothing)."""
     h, w = frame.shape[:2]
     out = np.empty((2 * h, w, 6), np.uint8)  # the even and odd output columns of a pixel pair side by side
