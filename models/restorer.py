@@ -148,8 +148,7 @@ INTERIOR = 52
 
 def covered_rect(m: np.ndarray, upscale: int, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
     """An axis-aligned rectangle (x0, y0, x1, y1) of the ``upscale``-times canvas of shape ``shape`` that
-    :func:`paste_face` with transform ``m`` covers entirely with the face (mask 1); corners on multiples
-    of ``upscale``. None when it is empty."""
+    :func:`paste_face` with transform ``m`` covers entirely with the face (mask 1). None when it is empty."""
     inv = to_canvas(m, upscale)
     centre = inv @ np.array([FACE_SIZE / 2 - 0.5, FACE_SIZE / 2 - 0.5, 1.0])
     scale = float(np.hypot(inv[0, 0], inv[1, 0]))
@@ -157,8 +156,8 @@ def covered_rect(m: np.ndarray, upscale: int, shape: tuple[int, ...]) -> tuple[i
     # the mask's square of ones, rotated, contains this axis-aligned square; 1 px kept for rounding
     half = scale * (FACE_SIZE - 1 - 2 * INTERIOR) / 2 / (cos + sin) - 1
     h, w = shape[:2]
-    x0, y0 = (int(np.ceil(max(0.0, c - half) / upscale)) * upscale for c in centre)
-    x1, y1 = (int(np.floor(min(lim, c + half) / upscale)) * upscale for c, lim in zip(centre, (w, h)))
+    x0, y0 = (int(np.ceil(max(0.0, c - half))) for c in centre)
+    x1, y1 = (int(np.floor(min(lim, c + half))) for c, lim in zip(centre, (w, h)))
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
@@ -180,7 +179,7 @@ LANCZOS_BAND = 64  # source rows per pass: the float buffers stay in cache (17 M
 
 def lanczos2x(frame: np.ndarray) -> np.ndarray:
     """``frame`` (h, w, 3 uint8) enlarged 2x, the pixels of OpenCV's ``INTER_LANCZOS4`` resize to within one
-    level (where float32 rounds across a half: ~1e-5 of them), in OpenCV's vectorized filters: 3x faster
+    level (where float32 rounds across a half: ~1e-5 of them), in OpenCV's vectorized filters: 2-3x faster
     than its general Lanczos resize. Bands of rows are shared among OpenCV's thread count of
     threads (its own split of these small calls gained nothing)."""
     h, w = frame.shape[:2]
