@@ -330,8 +330,11 @@ class FrameWriter:
         self.tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self.width, self.height, self.count = width, height, 0
         fps = Fraction(fps)
-        frames = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{width}x{height}",
-                              framerate=f"{fps.numerator}/{fps.denominator}")["v:0"]
+        # lossless: the RGB the intermediate stores, converted here by OpenCV into one reused buffer, which
+        # costs less CPU than ffmpeg's swscale doing the same (in the lipsync stage, the network's CPU)
+        self.rgb = np.empty((height, width, 3), np.uint8) if codec == "lossless" else None
+        frames = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24" if self.rgb is None else "rgb24",
+                              s=f"{width}x{height}", framerate=f"{fps.numerator}/{fps.denominator}")["v:0"]
         video, encode = _video_encoding(frames, codec, crf, preset, width, height, Fraction(sar))
         streams = [video] if audio is None else [video, ffmpeg.input(str(audio))["a:0"]]
         if audio is not None:
@@ -344,7 +347,10 @@ class FrameWriter:
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
             raise ValueError(f"frame {frame.shape} {frame.dtype} != ({self.height}, {self.width}, 3) uint8")
         try:
-            self.proc.stdin.write(np.ascontiguousarray(frame).data)  # the buffer itself: no 3 bytes/pixel copy
+            if self.rgb is None:
+                self.proc.stdin.write(np.ascontiguousarray(frame).data)  # the buffer itself: no copy
+            else:
+                self.proc.stdin.write(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=self.rgb).data)
         except BrokenPipeError:
             self._fail()
         self.count += 1

@@ -162,16 +162,48 @@ def _ramp(d: np.ndarray, width: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
+def _mouth_factors(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`mouth_mask`'s separable factors: (h, 1) over the rows (above the mouth and bottom fades),
+    (1, w) left and right fades."""
+    f = max(1.0, FEATHER * min(height, width))
+    y = np.arange(height, dtype=np.float32)[:, None] + 0.5  # pixel centres
+    x = np.arange(width, dtype=np.float32)[None, :] + 0.5
+    return _ramp(y - (MOUTH_TOP * height - f), f) * _ramp(height - y, f), _ramp(x, f), _ramp(width - x, f)
+
+
 def mouth_mask(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(h, w) blend weights of the prediction in a face box and of the frame beneath (one minus it): 1 over
     the mouth and chin, fading to 0 at the box's sides and bottom and above the mouth, over a tenth of
     the box."""
-    f = max(1.0, FEATHER * min(height, width))
-    y = np.arange(height, dtype=np.float32)[:, None] + 0.5  # pixel centres
-    x = np.arange(width, dtype=np.float32)[None, :] + 0.5
-    top = _ramp(y - (MOUTH_TOP * height - f), f)
-    mask = (top * _ramp(height - y, f) * _ramp(x, f) * _ramp(width - x, f)).astype(np.float32)
+    rows, left, right = _mouth_factors(height, width)
+    mask = (rows * left * right).astype(np.float32)
     return mask, 1.0 - mask
+
+
+def _blend_mouth(region: np.ndarray, face: np.ndarray) -> None:
+    """``region`` (a face box of the frame, written in place) blended with ``face`` through
+    :func:`mouth_mask`, computed only where the weight is strictly between 0 and 1: the rows above the
+    mouth keep the frame, the rectangle of ones is the face (what the blend gives there, to the level)."""
+    h, w = region.shape[:2]
+    rows, left, right = _mouth_factors(h, w)
+    live = np.flatnonzero(rows[:, 0] > 0)
+    full_r, full_c = np.flatnonzero(rows[:, 0] == 1), np.flatnonzero((left[0] == 1) & (right[0] == 1))
+    if not len(live):
+        return
+    r0 = live[0]
+    if len(full_r) and len(full_c):
+        (a, b), (c, d) = (full_r[0], full_r[-1] + 1), (full_c[0], full_c[-1] + 1)
+        region[a:b, c:d] = face[a:b, c:d]
+        strips = [(slice(r0, a), slice(0, w)), (slice(b, h), slice(0, w)), (slice(a, b), slice(0, c)),
+                  (slice(a, b), slice(d, w))]
+    else:
+        strips = [(slice(r0, h), slice(0, w))]
+    for rs, cs in strips:
+        if rs.start >= rs.stop or cs.start >= cs.stop:
+            continue
+        # mouth_mask's product in its order, so the weights are the same floats
+        alpha = (rows[rs] * left[:, cs] * right[:, cs]).astype(np.float32)
+        region[rs, cs] = cv2.blendLinear(face[rs, cs], region[rs, cs], alpha, 1.0 - alpha)
 
 
 def paste(frame: np.ndarray, prediction: np.ndarray, box: tuple[int, int, int, int], mask: str) -> np.ndarray:
@@ -183,10 +215,7 @@ def paste(frame: np.ndarray, prediction: np.ndarray, box: tuple[int, int, int, i
     if mask == "box":
         out[y1:y2, x1:x2] = face
     else:
-        # one OpenCV call, rounding to nearest: a fifth of the CPU of the same blend in numpy floats, which
-        # the stage spent on every frame beside the network
-        alpha, beta = mouth_mask(y2 - y1, x2 - x1)
-        out[y1:y2, x1:x2] = cv2.blendLinear(face, out[y1:y2, x1:x2], alpha, beta)
+        _blend_mouth(out[y1:y2, x1:x2], face)
     return out
 
 

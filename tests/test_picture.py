@@ -71,7 +71,7 @@ def test_feathered_mouth_leaves_no_seam(models_dir, short_clip, tmp_path):
     assert feather <= box / 4
 
 
-@pytest.mark.parametrize("size", [(96, 96), (181, 143), (7, 5)])
+@pytest.mark.parametrize("size", [(96, 96), (181, 143), (7, 5), (1, 1), (2, 9), (12, 33), (190, 201)])
 def test_feathered_paste_is_the_mask_weighted_blend(size):
     """paste(mask="feather"): prediction * w + frame * (1 - w) with mouth_mask's weights, rounded to the
     nearest level; nothing outside the box changes, and the frame passed in is not written into."""
