@@ -135,11 +135,13 @@ def test_openvino_wav2lip_within_the_bound_of_torch_fp32(models_dir, wav2lip_inp
 def test_the_wav2lip_ir_is_converted_once_per_weights_file(models_dir, monkeypatch):
     import models.engines as engines
     from models.loading import get_wav2lip
+    from models.weights import sha256_file
 
     engines.clear_cache()
     net, _ = get_wav2lip("wav2lip_gan.pth", "cpu", "auto", "bf16")
     assert isinstance(net, engines.OpenVINOWav2Lip)
-    cached = sorted(p.suffix for p in (models_dir / "openvino").glob("wav2lip-*-ir*"))
+    digest = sha256_file(models_dir / "wav2lip_gan.pth")  # other tests' own checkpoints are cached beside it
+    cached = sorted(p.suffix for p in (models_dir / "openvino").glob(f"wav2lip-{digest[:16]}-*"))
     assert cached == [".bin", ".xml"], cached
     engines.clear_cache()
     monkeypatch.setitem(engines.CONVERT, "wav2lip", lambda *a, **k: pytest.fail("converted again"))
