@@ -153,13 +153,14 @@ def openvino_conv_rate(batch: int, precision: str, repeats: int = 3) -> float | 
 
 def paste_back_time(frame: np.ndarray, restored: np.ndarray, m: np.ndarray, repeats: int = 5) -> float:
     """Median seconds of restore_frames's work besides the network at ``--upscale 2`` for one frame with
-    one face, done the way it does it: the frame's 2x Lanczos, then the warp and feathered blend of the face."""
-    from models.restorer import lanczos2x, paste_face
+    one face, done the way it does it: the frame's 2x Lanczos (but where the face will cover it), then the warp
+    and feathered blend of the face."""
+    from models.restorer import background, paste_face
 
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        canvas = lanczos2x(frame)
+        canvas = background(frame, [m], 2)
         paste_face(canvas, restored, m, 2)
         times.append(time.perf_counter() - t)
     return statistics.median(times)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -113,32 +114,33 @@ def paste_face(canvas: np.ndarray, face: np.ndarray, m: np.ndarray, upscale: int
     x1, y1 = np.clip(np.ceil(corners.max(axis=0)).astype(int) + 1, 0, [w, h])
     if x1 <= x0 or y1 <= y0:
         return
-    roi_inv = inv.copy()
-    roi_inv[:, 2] -= (x0, y0)
-    warped = cv2.warpAffine(face, roi_inv, (int(x1 - x0), int(y1 - y0)), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_REPLICATE)
     roi = canvas[y0:y1, x0:x1]
-    # where the mask is one the face is copied; the mask is warped and blended only in the strips around
-    # that rectangle: at --upscale 2 on a close-up this halves the paste's cost
+    rh, rw = roi.shape[:2]
+    # where the mask is one the face is warped straight into the canvas; the mask is warped and blended
+    # only in the strips around that rectangle: at --upscale 2 on a close-up this halves the paste's cost.
+    # Every piece is written in place: a fresh array the size of the rectangle cost ~2 ms after the network ran
     inner = covered_rect(m, upscale, canvas.shape)
     if inner is None:
         ix0 = iy0 = ix1 = iy1 = 0
     else:
-        ix0, ix1 = (min(max(v - x0, 0), x1 - x0) for v in (inner[0], inner[2]))
-        iy0, iy1 = (min(max(v - y0, 0), y1 - y0) for v in (inner[1], inner[3]))
-        roi[iy0:iy1, ix0:ix1] = warped[iy0:iy1, ix0:ix1]
-    rh, rw = roi.shape[:2]
-    for top, bottom, left, right in ((0, iy0, 0, rw), (iy1, rh, 0, rw), (iy0, iy1, 0, ix0), (iy0, iy1, ix1, rw)):
+        ix0, ix1 = (min(max(v - x0, 0), rw) for v in (inner[0], inner[2]))
+        iy0, iy1 = (min(max(v - y0, 0), rh) for v in (inner[1], inner[3]))
+    pieces = ((iy0, iy1, ix0, ix1), (0, iy0, 0, rw), (iy1, rh, 0, rw), (iy0, iy1, 0, ix0), (iy0, iy1, ix1, rw))
+    for k, (top, bottom, left, right) in enumerate(pieces):
         if bottom <= top or right <= left:
             continue
-        strip_inv = roi_inv.copy()
-        strip_inv[:, 2] -= (left, top)
-        alpha = cv2.warpAffine(feather_mask(), strip_inv, (right - left, bottom - top), flags=cv2.INTER_LINEAR,
+        piece_inv = inv.copy()
+        piece_inv[:, 2] -= (x0 + left, y0 + top)
+        size, piece = (right - left, bottom - top), roi[top:bottom, left:right]
+        if k == 0:  # the rectangle of ones
+            cv2.warpAffine(face, piece_inv, size, dst=piece, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            continue
+        warped = cv2.warpAffine(face, piece_inv, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        alpha = cv2.warpAffine(feather_mask(), piece_inv, size, flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         # one OpenCV call: 5x faster than the same blend in numpy floats (which rounded half up; this
         # rounds to nearest even: 0.003% of pixels differ by one level)
-        roi[top:bottom, left:right] = cv2.blendLinear(warped[top:bottom, left:right], roi[top:bottom, left:right],
-                                                      alpha, 1.0 - alpha)
+        cv2.blendLinear(warped, piece, alpha, 1.0 - alpha, dst=piece)
 
 
 # the feather mask is exactly 1 on [INTERIOR, FACE_SIZE - 1 - INTERIOR] in both axes: there the face is
@@ -177,48 +179,81 @@ _LANCZOS_2X = ((_lanczos_taps(0.75), 4), (_lanczos_taps(0.25), 3))
 LANCZOS_BAND = 64  # source rows per pass: the float buffers stay in cache (17 MB each for a whole 844x844 frame)
 
 
-def lanczos2x(frame: np.ndarray) -> np.ndarray:
+def lanczos2x(frame: np.ndarray, skip: Sequence[tuple[int, int, int, int]] = ()) -> np.ndarray:
     """``frame`` (h, w, 3 uint8) enlarged 2x, the pixels of OpenCV's ``INTER_LANCZOS4`` resize to within one
     level (where float32 rounds across a half: ~1e-5 of them), in OpenCV's vectorized filters: 2-3x faster
     than its general Lanczos resize. Bands of rows are shared among OpenCV's thread count of
-    threads (its own split of these small calls gained nothing)."""
+    threads (its own split of these small calls gained nothing).
+
+    ``skip``: rectangles (x0, y0, x1, y1) of the output that the caller overwrites entirely; where a band
+    of rows lies inside one, the columns inside it are left unfilled."""
     h, w = frame.shape[:2]
     out = np.empty((2 * h, w, 6), np.uint8)  # the even and odd output columns of a pixel pair side by side
     starts = range(0, h, LANCZOS_BAND)
     threads = min(cv2.getNumThreads(), len(starts))
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda k: _lanczos2x_bands(frame, out, starts[k::threads]), range(threads)))
+            list(pool.map(lambda k: _lanczos2x_bands(frame, out, starts[k::threads], skip), range(threads)))
     else:
-        _lanczos2x_bands(frame, out, starts)
+        _lanczos2x_bands(frame, out, starts, skip)
     return out.reshape(2 * h, 2 * w, 3)
 
 
-def _lanczos2x_bands(frame: np.ndarray, out: np.ndarray, starts: range) -> None:
+def _band_columns(r0: int, r1: int, w: int, skip: Sequence[tuple[int, int, int, int]]) -> list[tuple[int, int]]:
+    """The ranges of source columns to enlarge in the band of source rows [r0, r1): all but those whose
+    output lies inside a rectangle of ``skip`` on every row of the band."""
+    spans = ((-(-x0 // 2), x1 // 2) for x0, y0, x1, y1 in skip if y0 <= 2 * r0 and 2 * r1 <= y1)
+    cut = sorted((a, b) for a, b in spans if a < b)
+    ranges, c = [], 0
+    for a, b in cut:
+        if a > c:
+            ranges.append((c, a))
+        c = max(c, b)
+    if c < w:
+        ranges.append((c, w))
+    return ranges
+
+
+def _lanczos2x_bands(frame: np.ndarray, out: np.ndarray, starts: range,
+                     skip: Sequence[tuple[int, int, int, int]]) -> None:
     """The output rows of the bands of source rows beginning at ``starts``, each band read with the 4 rows
-    either side that the taps reach; one set of buffers for all of them (fresh ones per band cost more in
-    page faults than the filters)."""
+    (and, beside a skipped rectangle, 4 columns) either side that the taps reach; one set of buffers for
+    all of them (fresh ones per band cost more in page faults than the filters)."""
     h, w = frame.shape[:2]
-    src_buf = np.empty((LANCZOS_BAND + 8, w * 3), np.float32)
-    rows_buf = np.empty((LANCZOS_BAND + 8, 2, w * 3), np.float32)  # even and odd output rows interleaved
-    filtered_buf = np.empty((2 * LANCZOS_BAND, w, 3), np.float32)
-    cols_buf = np.empty((2, 2 * LANCZOS_BAND, w * 3), np.uint8)
+    src_buf = np.empty((LANCZOS_BAND + 8) * w * 3, np.float32)
+    rows_buf = np.empty((LANCZOS_BAND + 8) * 2 * w * 3, np.float32)  # even and odd output rows interleaved
+    filtered_buf = np.empty(2 * LANCZOS_BAND * w * 3, np.float32)
+    cols_buf = np.empty(2 * 2 * LANCZOS_BAND * w * 3, np.uint8)
     for r0 in starts:
         r1 = min(h, r0 + LANCZOS_BAND)
         a, b = max(0, r0 - 4), min(h, r1 + 4)
-        src, rows = src_buf[:b - a], rows_buf[:b - a]
-        np.copyto(src, frame[a:b].reshape(b - a, w * 3))
-        for p, (taps, anchor) in enumerate(_LANCZOS_2X):
-            cv2.filter2D(src, cv2.CV_32F, taps[:, None], dst=rows[:, p], anchor=(0, anchor),
-                         borderType=cv2.BORDER_REPLICATE)
-        band = rows[r0 - a:r1 - a].reshape(2 * (r1 - r0), w, 3)
-        filtered, cols = filtered_buf[:2 * (r1 - r0)], cols_buf[:, :2 * (r1 - r0)]
-        for p, (taps, anchor) in enumerate(_LANCZOS_2X):
-            cv2.filter2D(band, cv2.CV_32F, taps[None, :] / 2 ** 22, dst=filtered, anchor=(anchor, 0),
-                         borderType=cv2.BORDER_REPLICATE)
-            # on one channel: OpenCV's saturating, rounding conversion is 3x slower on three
-            cv2.add(filtered.reshape(-1, w * 3), 0.0, dst=cols[p], dtype=cv2.CV_8U)
-        cv2.merge([c.reshape(-1, w, 3) for c in cols], dst=out[2 * r0:2 * r1])
+        for c0, c1 in _band_columns(r0, r1, w, skip):
+            ca, cb = max(0, c0 - 4), min(w, c1 + 4)
+            n = (cb - ca) * 3
+            src = src_buf[:(b - a) * n].reshape(b - a, n)
+            rows = rows_buf[:(b - a) * 2 * n].reshape(b - a, 2, n)
+            np.copyto(src, frame[a:b, ca:cb].reshape(b - a, n))
+            for p, (taps, anchor) in enumerate(_LANCZOS_2X):
+                cv2.filter2D(src, cv2.CV_32F, taps[:, None], dst=rows[:, p], anchor=(0, anchor),
+                             borderType=cv2.BORDER_REPLICATE)
+            band = rows[r0 - a:r1 - a].reshape(2 * (r1 - r0), cb - ca, 3)
+            filtered = filtered_buf[:2 * (r1 - r0) * n].reshape(2 * (r1 - r0), cb - ca, 3)
+            cols = cols_buf[:2 * 2 * (r1 - r0) * n].reshape(2, 2 * (r1 - r0), n)
+            for p, (taps, anchor) in enumerate(_LANCZOS_2X):
+                cv2.filter2D(band, cv2.CV_32F, taps[None, :] / 2 ** 22, dst=filtered, anchor=(anchor, 0),
+                             borderType=cv2.BORDER_REPLICATE)
+                # on one channel: OpenCV's saturating, rounding conversion is 3x slower on three
+                cv2.add(filtered.reshape(-1, n), 0.0, dst=cols[p], dtype=cv2.CV_8U)
+            cv2.merge([c.reshape(-1, cb - ca, 3)[:, c0 - ca:c1 - ca] for c in cols], dst=out[2 * r0:2 * r1, c0:c1])
+
+
+def background(frame: np.ndarray, transforms: Sequence[np.ndarray], upscale: int) -> np.ndarray:
+    """The canvas ``frame``'s faces (aligned by ``transforms``) are pasted on with :func:`paste_face`: a copy
+    of the frame, or its 2x Lanczos without the rectangles the faces will cover."""
+    if upscale == 1:
+        return frame.copy()
+    shape = (2 * frame.shape[0], 2 * frame.shape[1])
+    return lanczos2x(frame, [r for m in transforms if (r := covered_rect(m, upscale, shape)) is not None])
 
 
 def eye_distance(landmarks: np.ndarray) -> float:

@@ -14,7 +14,7 @@ from core.stage import Stage
 from core.storage import local_copy
 from models.batching import default_batch
 from models.face_track import FaceTrack, source_index
-from models.restorer import MIN_EYE_DISTANCE, align_face, eye_distance, lanczos2x, paste_face, restore_faces
+from models.restorer import MIN_EYE_DISTANCE, align_face, background, eye_distance, paste_face, restore_faces
 
 
 def enhance_chunk(chunk: Chunk, face_track: str, synced: SyncedVideo, out_dir: str | Path,
@@ -60,8 +60,7 @@ def restore_frames(net, device, pending: list[tuple[np.ndarray, list]], opts: Ru
     restored = iter(restore_faces(net, crops, device, opts.blend, opts.precision))
     out = []
     for frame, aligned in pending:
-        # a new array either way (the frame itself is not written into); upscale is 1 or 2
-        canvas = frame.copy() if opts.upscale == 1 else lanczos2x(frame)
+        canvas = background(frame, [m for _, m in aligned], opts.upscale)
         for _, m in aligned:
             paste_face(canvas, next(restored), m, opts.upscale)
         out.append(canvas)
@@ -84,7 +83,7 @@ def _key_inputs(chunk: Chunk, opts: RunOptions) -> dict:
             **network_key(opts.gfpgan, "--gfpgan", opts.device, opts.engine, opts.precision)}
 
 
-STAGE = Stage("enhance_chunk", version="4", product=Chunk, key_inputs=_key_inputs)
+STAGE = Stage("enhance_chunk", version="5", product=Chunk, key_inputs=_key_inputs)
 
 
 @STAGE.task(task_run_name="enhance_chunk-{chunk.index}")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from models.face_detection import CenterFaceDetector
-from models.restorer import (FACE_SIZE, FFHQ_TEMPLATE_512, align_face, covered_rect, feather_mask, lanczos2x,
-                             paste_face, restore_faces, similarity_to_template)
+from models.restorer import (FACE_SIZE, FFHQ_TEMPLATE_512, LANCZOS_BAND, _band_columns, align_face, background,
+                             covered_rect, feather_mask, lanczos2x, paste_face, restore_faces,
+                             similarity_to_template)
 from tests.conftest import astronaut_bgr
 
 
@@ -109,6 +110,47 @@ def test_lanczos2x_gives_opencvs_lanczos_resize(portrait_face, h, w):
         assert got.shape == want.shape and got.dtype == np.uint8
         diff = np.abs(got.astype(np.int16) - want)
         assert diff.max() <= 1 and np.mean(diff > 0) < 1e-4
+
+
+@pytest.mark.parametrize("rects, want", [
+    ([(10, 128, 50, 256)], [(0, 5), (25, 100)]),         # output rows 128-255: the band's, exactly
+    ([(11, 128, 51, 256)], [(0, 6), (25, 100)]),         # odd edges: only whole output pixel pairs inside
+    ([(10, 129, 50, 256)], [(0, 100)]),                  # one row short above
+    ([(10, 128, 50, 255)], [(0, 100)]),                  # and below
+    ([(10, 0, 50, 300), (40, 100, 220, 300)], [(0, 5)]),  # overlapping, one past the right edge
+    ([(0, 0, 200, 300)], []),
+])
+def test_band_columns_leave_out_whole_pixel_pairs_inside(rects, want):
+    assert _band_columns(64, 128, 100, rects) == want
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_background_leaves_out_only_what_the_faces_cover(portrait_face, seed):
+    """background() does not enlarge the rectangles the faces will cover: once one to three faces (any
+    angle and size, some partly outside the frame, overlapping) are pasted, the frame is the one pasted on
+    the whole 2x Lanczos, to the bit, on a photo and on noise."""
+    rng = np.random.default_rng(200 + seed)
+    img, lms = portrait_face
+    frame = img[: 200 + 23 * seed, : 180 + 29 * seed]
+    ms = [align_face(frame, lms)[1]] if seed == 0 else [_similarity(rng, frame.shape)
+                                                        for _ in range(rng.integers(1, 4))]
+    if seed % 2:  # noise: a wrong tap at a piece's edge shows
+        frame = rng.integers(0, 256, frame.shape, dtype=np.uint8)
+    faces = [rng.integers(0, 256, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8) for _ in ms]
+    got, want = background(frame, ms, 2), lanczos2x(frame)
+    rects = [r for m in ms if (r := covered_rect(m, 2, want.shape)) is not None]
+    outside = np.ones(want.shape[:2], bool)
+    for x0, y0, x1, y1 in rects:
+        outside[y0:y1, x0:x1] = False
+    np.testing.assert_array_equal(got[outside], want[outside])  # before any paste: the rest is exact
+    for face, m in zip(faces, ms):
+        paste_face(got, face, m, 2)
+        paste_face(want, face, m, 2)
+    np.testing.assert_array_equal(got, want)
+    h, w = frame.shape[:2]
+    skipped = [_band_columns(r0, min(h, r0 + LANCZOS_BAND), w, rects) != [(0, w)] for r0 in range(0, h, LANCZOS_BAND)]
+    if seed in (0, 1, 2):  # these faces are large enough to leave whole bands' columns out
+        assert any(skipped)
 
 
 @pytest.mark.parametrize("seed", range(8))
