@@ -46,7 +46,7 @@ def _load(kind: str, path: str, digest: str, device: str) -> torch.nn.Module:
         return _load_cached(kind, path, digest, device)
 
 
-def _pin_threads() -> None:
+def pin_threads() -> None:
     """Dask workers sharing a machine get their share of cores (``WAV2LIP_HQ_TORCH_THREADS``): torch's
     threads, and OpenCV's for the paste-back (its own pool would take every core in every worker)."""
     threads = os.environ.get("WAV2LIP_HQ_TORCH_THREADS")
@@ -60,7 +60,7 @@ def get_model(kind: str, weights: str, device: str | torch.device | None = None
               ) -> tuple[torch.nn.Module, torch.device]:
     """(model, device) for a checkpoint option's value (:func:`models.weights.checkpoint_file`: an
     official name, a path or a URL), loaded once per process per content and device."""
-    _pin_threads()
+    pin_threads()
     path = checkpoint_file(weights)
     dev = resolve_device(device)
     return _load(kind, str(path), sha256_file(path), str(dev)), dev
@@ -76,7 +76,7 @@ def get_network(kind: str, weights: str, option: str, device: str | torch.device
     from models.precision import resolve_precision
     from models.weights import models_dir
 
-    _pin_threads()
+    pin_threads()
     dev = resolve_device(device)
     if resolve_engine(engine, dev) == "torch":
         return get_model(kind, weights, dev)

@@ -284,11 +284,11 @@ def _worker_environment() -> dict:
     import cv2
     import torch
 
-    from models.loading import _pin_threads
+    from models.loading import pin_threads
 
     from distributed import get_worker
 
-    _pin_threads()
+    pin_threads()
     callbacks = get_worker().periodic_callbacks
     return {"trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "threads": torch.get_num_threads(),
             "cv2": cv2.getNumThreads(), "profiler": "profile" in callbacks,
