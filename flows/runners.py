@@ -103,6 +103,21 @@ def local_cluster(n_workers: int, threads_per_worker: int, gpus: int = 0, **kwar
 
 
 def _local_cluster(n_workers: int, threads_per_worker: int, gpus: int, **kwargs):
+    # Dask's nanny writes its pre-spawn variables (one OpenMP, MKL and OpenBLAS thread, a hash seed) into
+    # this process's environment before it spawns a worker, and leaves them: every later child of this
+    # process would start with one thread. The workers got them when they were spawned: put ours back
+    saved = {k: os.environ.get(k) for k in (*nanny_environ(), "PYTHONHASHSEED")}
+    try:
+        return _start_cluster(n_workers, threads_per_worker, gpus, **kwargs)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _start_cluster(n_workers: int, threads_per_worker: int, gpus: int, **kwargs):
     env = worker_env(threads_per_worker)
     cluster = None
     if gpus:
