@@ -95,16 +95,28 @@ class FinalVideo(Product):
     output: str = ""        # where it was published
 
 
+class TrackScore(Value):
+    """SyncNet's scores of one face track of a video, frames ``first_frame .. first_frame + frames - 1``."""
+
+    first_frame: int
+    frames: int
+    offset: int
+    lse_d: float
+    lse_c: float
+
+
 class SyncScores(Product):
     """SyncNet's verdict on a video (see models/syncnet.py): the offset in frames, LSE-D (lower is
-    better), LSE-C (higher is better), and the confidence of each 5-frame window of the scored face
-    track, whose first frame is ``first_frame`` (frames counted at 25 fps)."""
+    better), LSE-C (higher is better), and the confidence of each 5-frame window, of the face track in
+    best sync, whose first frame is ``first_frame`` (frames counted at 25 fps); ``tracks``: the scores of
+    every face track scored, in the order they appear."""
 
     offset: int
     lse_d: float
     lse_c: float
     first_frame: int
     framewise: tuple[float, ...]
+    tracks: tuple[TrackScore, ...] = ()
 
     def summary(self) -> dict:
         return {"offset": self.offset, "lse_d": self.lse_d, "lse_c": self.lse_c}

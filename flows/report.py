@@ -165,9 +165,10 @@ def sync_report(scores: SyncScores, output: str) -> None:
     from flows.score import plot_png
     from models.syncnet import FPS
 
-    quietly(create_table_artifact, table=[{**scores.summary(), "scored from (s)": round(scores.first_frame / FPS, 2)}],
+    quietly(create_table_artifact, table=[{**scores.summary(), "scored from (s)": round(scores.first_frame / FPS, 2),
+                                           "face tracks scored": len(scores.tracks)}],
             key=artifact_key(output, "sync-scores"),
-            description="SyncNet's verdict on the output: offset in frames (0 = in sync), LSE-D (distance, lower "
+            description="SyncNet's verdict on the output's face track in best sync: offset in frames (0 = in sync), LSE-D (distance, lower "
                         "is better) and LSE-C (confidence, higher is better); Wav2Lip on LRS2 scores about 6.4 / 7.8.")
     png = quietly(plot_png, scores)
     if png:

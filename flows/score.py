@@ -20,9 +20,9 @@ PLOT_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("score", help="measure lip sync: SyncNet's offset, LSE-D and LSE-C of a video",
-                       description="Scores the longest face track of a video against its audio (or another "
-                       "track) as Wav2Lip's evaluation does. Needs syncnet_v2.model (wav2lip-hq models fetch "
-                       "syncnet_v2.model).")
+                       description="Scores every face track of a video (of 7 frames or more) against its audio "
+                       "(or another track) as Wav2Lip's evaluation does, and reports the one in best sync. Needs "
+                       "syncnet_v2.model (wav2lip-hq models fetch syncnet_v2.model).")
     s.add_argument("--video", required=True, help="the video to score: a path or URL")
     s.add_argument("--audio", help="speech to score the lips against (default: the video's own audio track)")
     s.add_argument("--json", action="store_true", help="print the scores and the framewise confidence as JSON")
@@ -81,9 +81,9 @@ def window_seconds(scores: SyncScores, index: int) -> float:
 
 def scores_json(scores: SyncScores) -> dict:
     """The scores as the JSON of ``score --json``: offset, LSE-D, LSE-C, and the framewise confidence
-    with the time of its first window."""
+    with the time of its first window, of the track in best sync; and every scored track's scores."""
     return {**scores.summary(), "first_window_seconds": window_seconds(scores, 0),
-            "framewise_confidence": list(scores.framewise)}
+            "framewise_confidence": list(scores.framewise), "face_tracks": [t.model_dump() for t in scores.tracks]}
 
 
 def describe(scores: SyncScores, shown: dict) -> str:
@@ -91,8 +91,11 @@ def describe(scores: SyncScores, shown: dict) -> str:
     from models.syncnet import FPS
 
     weakest = int(np.argmin(scores.framewise))
+    faces = ([f"faces:  {len(scores.tracks)} face tracks scored; below, the one in best sync (from "
+              f"{scores.first_frame / FPS:.2f} s)"] if len(scores.tracks) > 1 else [])
     return "\n".join([
         f"video:  {shown['video']} (audio: {shown['audio'] or 'its own track'})",
+        *faces,
         (f"offset: {scores.offset:+d} frames ({1000 * scores.offset / FPS:+.0f} ms; 0 = in sync, "
          f"negative = audio late)"),
         f"LSE-D:  {scores.lse_d:.3f} (distance, lower is better; Wav2Lip on LRS2: about 6.4)",

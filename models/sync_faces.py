@@ -6,8 +6,8 @@ a square around each face with a 0.4 margin (more below the face: the mouth and 
 
 Differences from the reference, for one talking-face output rather than a video in the wild: faces
 come from our CenterFace detector (the reference uses S3FD at a quarter of the frame size), there is no
-shot detection, and instead of keeping every track longer than 100 frames with faces over 100 pixels,
-the longest track is scored (a clip of a few seconds still gets a score).
+shot detection, and every track of at least 7 frames is scored instead of those longer than 100 frames
+with faces over 100 pixels (a clip of a few seconds still gets a score).
 """
 from __future__ import annotations
 
@@ -70,9 +70,9 @@ def _interpolate(frames: np.ndarray, boxes: np.ndarray) -> Track:
     return Track(int(frames[0]), np.stack([np.interp(every, frames, boxes[:, c]) for c in range(4)], axis=1))
 
 
-def longest(tracks: list[Track]) -> Track | None:
-    """The track spanning the most frames (the earliest among equals), or None."""
-    return max(tracks, key=len, default=None)
+def scorable(tracks: list[Track]) -> list[Track]:
+    """The tracks long enough to score (:data:`MIN_TRACK` frames or more), in their order."""
+    return [t for t in tracks if len(t) >= MIN_TRACK]
 
 
 def crop_windows(track: Track) -> np.ndarray:
@@ -105,13 +105,15 @@ def crop_face(frame: np.ndarray, cx: float, cy: float, half: float) -> np.ndarra
     return cv2.resize(out, (CROP, CROP))
 
 
-def crop_track(frames: Iterable[np.ndarray], track: Track, out: np.ndarray) -> None:
-    """Write the crops of ``track`` into ``out`` (len(track), 224, 224, 3), reading ``frames`` (all the
-    video's frames, in order) once."""
-    windows = crop_windows(track)
+def crop_tracks(frames: Iterable[np.ndarray], tracks: list[Track], outs: list[np.ndarray]) -> None:
+    """Write the crops of each of ``tracks`` into its ``outs`` array (len(track), 224, 224, 3), reading
+    ``frames`` (all the video's frames, in order) once."""
+    windows = [crop_windows(t) for t in tracks]
+    end = max((t.first + len(t) for t in tracks), default=0)
     for i, frame in enumerate(frames):
-        k = i - track.first
-        if k >= len(track):
+        if i >= end:
             break
-        if k >= 0:
-            out[k] = crop_face(frame, *windows[k])
+        for track, win, out in zip(tracks, windows, outs):
+            k = i - track.first
+            if 0 <= k < len(track):
+                out[k] = crop_face(frame, *win[k])

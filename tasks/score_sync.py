@@ -14,17 +14,18 @@ import numpy as np
 
 from core.errors import InputError
 from core.media import decode_pcm16, iter_frames_at, probe_audio, probe_video
-from core.products import SyncScores
+from core.products import SyncScores, TrackScore
 from core.progress import Progress, get_logger
 from core.stage import Stage
 from core.storage import local_copy, redact
-from models.sync_faces import MIN_TRACK, crop_track, longest, link_tracks
+from models.sync_faces import MIN_TRACK, Track, crop_tracks, link_tracks, scorable
 from models.syncnet import (
     CROP,
     FPS,
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
     VSHIFT,
+    SyncResult,
     evaluate_sync,
 )
 
@@ -40,8 +41,11 @@ def syncnet_present() -> bool:
 
 def score_video(video: str, audio: str | None = None, device: str | None = None,
                 vshift: int = VSHIFT) -> SyncScores:
-    """Scores of the longest face track of local ``video`` (at 25 fps) against ``audio`` (default: the
-    video's own track), both starting at time 0. Bad input raises :class:`InputError`."""
+    """Scores of local ``video`` (at 25 fps) against ``audio`` (default: the video's own track), both
+    starting at time 0: every face track of :data:`MIN_TRACK` frames or more is scored, as the reference
+    evaluation scores every track it keeps, and the one in best sync (highest LSE-C) is reported: in a
+    lip-synced video, the face that was lip-synced, however long the others are on screen. Bad input
+    raises :class:`InputError`."""
     from models.face_detection import CenterFaceDetector
     from models.loading import get_model
 
@@ -62,37 +66,52 @@ def score_video(video: str, audio: str | None = None, device: str | None = None,
     for frame in iter_frames_at(info, rate):
         boxes.append(np.asarray([f.box for f in detect(frame)], np.float64).reshape(-1, 4))
         progress.update()
-    track = longest(link_tracks(boxes))
-    if track is None or len(track) < MIN_TRACK:
-        found = "no face" if track is None else f"a face in {len(track)} consecutive frames at most"
+    tracks = link_tracks(boxes)
+    chosen = scorable(tracks)
+    if not chosen:
+        most = max((len(t) for t in tracks), default=0)
+        found = "no face" if not tracks else f"a face in {most} consecutive frames at most"
         raise InputError(f"video {video}: {found}; scoring needs one face in at least {MIN_TRACK} frames "
                          f"({MIN_TRACK / FPS:.2f} s)")
     wav = decode_pcm16(speech, SAMPLE_RATE, "audio" if audio else "video")
-    # the reference cuts the audio to the track's span, as it cuts the video
-    wav = wav[track.first * SAMPLES_PER_FRAME:(track.first + len(track)) * SAMPLES_PER_FRAME]
+    scored: list[tuple[Track, SyncResult]] = []
+    errors: list[tuple[Track, ValueError]] = []
     with tempfile.TemporaryDirectory(prefix="wav2lip-hq-sync-") as tmp:
-        # crops of a long video do not fit in memory (150 kB a frame): they go to a file
-        crops = np.lib.format.open_memmap(Path(tmp) / "crops.npy", mode="w+", dtype=np.uint8,
-                                          shape=(len(track), CROP, CROP, 3))
-        crop_track(iter_frames_at(info, rate), track, crops)
-        try:
-            result = evaluate_sync(net, crops, wav, vshift)
-        except ValueError as exc:
-            raise InputError(f"{'audio ' + audio if audio else 'video ' + video}: {exc}") from None
-        finally:
-            del crops
-    get_logger().info("sync score of %s: offset %d, LSE-D %.3f, LSE-C %.3f (%d windows from %.2f s)",
-                      redact(video), result.offset, result.lse_d, result.lse_c, len(result.framewise),
-                      track.first / FPS)
+        # crops of a long video do not fit in memory (150 kB a frame): they go to files
+        crops = [np.lib.format.open_memmap(Path(tmp) / f"crops{k}.npy", mode="w+", dtype=np.uint8,
+                                           shape=(len(t), CROP, CROP, 3)) for k, t in enumerate(chosen)]
+        crop_tracks(iter_frames_at(info, rate), chosen, crops)
+        for track, faces in zip(chosen, crops):
+            # the reference cuts the audio to the track's span, as it cuts the video
+            span = wav[track.first * SAMPLES_PER_FRAME:(track.first + len(track)) * SAMPLES_PER_FRAME]
+            try:
+                scored.append((track, evaluate_sync(net, faces, span, vshift)))
+            except ValueError as exc:  # the audio ends before this track has a window
+                errors.append((track, exc))
+        del crops
+    if not scored:
+        raise InputError(f"{'audio ' + audio if audio else 'video ' + video}: {errors[0][1]}")
+    log = get_logger()
+    for track, exc in errors:
+        log.info("sync score of %s: the face track from %.2f s is not scored: %s", redact(video), track.first / FPS, exc)
+    for k, (track, r) in enumerate(scored):
+        log.info("sync score of %s, face track %d of %d (%d frames from %.2f s): offset %d, LSE-D %.3f, LSE-C %.3f",
+                 redact(video), k + 1, len(scored), len(track), track.first / FPS, r.offset, r.lse_d, r.lse_c)
+    # the highest confidence; among equals the longer, then the earlier track
+    track, result = max(scored, key=lambda tr: (tr[1].lse_c, len(tr[0]), -tr[0].first))
+    if len(scored) > 1:
+        log.info("sync score of %s: the face track from %.2f s is in best sync", redact(video), track.first / FPS)
     return SyncScores(offset=result.offset, lse_d=result.lse_d, lse_c=result.lse_c, first_frame=track.first,
-                      framewise=tuple(float(v) for v in result.framewise))
+                      framewise=tuple(float(v) for v in result.framewise),
+                      tracks=tuple(TrackScore(first_frame=t.first, frames=len(t), offset=r.offset, lse_d=r.lse_d,
+                                              lse_c=r.lse_c) for t, r in scored))
 
 
 def _key_inputs(video_sha256: str, weights_sha256: str) -> dict:
     return {"video": video_sha256, "weights": weights_sha256, "vshift": VSHIFT}
 
 
-STAGE = Stage("score_sync", version="1", product=SyncScores, key_inputs=_key_inputs)
+STAGE = Stage("score_sync", version="2", product=SyncScores, key_inputs=_key_inputs)
 
 
 def score_sync(video: str, work_root: str, refresh: bool = False, device: str | None = None) -> SyncScores:

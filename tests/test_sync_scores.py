@@ -66,6 +66,51 @@ def test_score_prints_the_scores_and_writes_the_plot(tiny, syncnet_dir, tmp_path
 
 
 @pytest.fixture(scope="module")
+def two_faces(tmp_path_factory) -> dict:
+    """1.2 s of two faces, each moving in its own way: one on screen throughout (30 frames), the other from
+    the frame at 0.4 s (20 frames), a listener and a speaker who walks in."""
+    from tests.conftest import astronaut_bgr, make_speech_like
+    from tests.media_fixtures import write_video
+
+    d = tmp_path_factory.mktemp("two-faces")
+    head = astronaut_bgr()[30:230, 150:310]
+    long, short = (cv2.resize(head, size, interpolation=cv2.INTER_AREA) for size in ((128, 160), (144, 180)))
+    frames = []
+    for i in range(30):
+        canvas = np.full((240, 480, 3), 90, np.uint8)
+        y = int(30 + 6 * np.sin(i / 3))
+        canvas[y:y + 160, 40:168] = long
+        if i >= 10:
+            x = int(290 + 8 * np.cos(i / 2))
+            canvas[30:210, x:x + 144] = short
+        frames.append(canvas)
+    write_video(d / "faces.mp4", frames, codec="h264")
+    make_speech_like(d / "speech.wav", 1.2, seed=3)
+    return {"video": str(d / "faces.mp4"), "audio": str(d / "speech.wav")}
+
+
+def test_score_rates_every_face_track_and_reports_the_one_in_best_sync(two_faces, syncnet_dir):
+    """Both faces are scored against the speech; the numbers shown are those of the face in best sync
+    (here the shorter track, which scoring the longest face would have missed), with its framewise
+    confidence and time."""
+    env = {"WAV2LIP_HQ_MODELS_DIR": str(syncnet_dir)}
+    done = cli("score", "--video", two_faces["video"], "--audio", two_faces["audio"], "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    tracks = got["face_tracks"]
+    assert [(t["first_frame"], t["frames"]) for t in tracks] == [(0, 30), (10, 20)]
+    best = max(tracks, key=lambda t: t["lse_c"])
+    assert best["lse_c"] > min(t["lse_c"] for t in tracks) and best["first_frame"] == 10
+    assert {k: got[k] for k in ("offset", "lse_d", "lse_c")} == {k: best[k] for k in ("offset", "lse_d", "lse_c")}
+    assert len(got["framewise_confidence"]) == best["frames"] - 5
+    assert got["first_window_seconds"] == pytest.approx((10 + 2.5) / 25)
+    text = cli("score", "--video", two_faces["video"], "--audio", two_faces["audio"], env=env)
+    assert text.returncode == 0, text.stderr
+    assert re.search(r"^faces:  2 face tracks scored; below, the one in best sync \(from 0\.40 s\)$", text.stdout,
+                     re.MULTILINE), text.stdout
+
+
+@pytest.fixture(scope="module")
 def bad(tmp_path_factory, tiny) -> dict:
     d = tmp_path_factory.mktemp("score-bad")
     ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=96x96:d=1", "-c:v", "libx264", str(d / "silent.mp4"))

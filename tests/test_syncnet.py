@@ -17,9 +17,10 @@ from models.sync_faces import (
     PAD_VALUE,
     Track,
     crop_face,
+    crop_tracks,
     crop_windows,
-    longest,
     link_tracks,
+    scorable,
 )
 from models.face_track import iou
 from models.syncnet import (
@@ -236,7 +237,26 @@ def test_tracks_follow_overlap_fill_gaps_and_end_after_missed_frames():
     tracks = link_tracks(dets)
     assert [(t.first, len(t)) for t in tracks] == [(0, 30), (5, 15), (55, 1)]
     np.testing.assert_allclose(tracks[0].boxes[11], left(11))  # interpolated across the gap
-    assert longest(tracks) is tracks[0] and longest([]) is None
+    assert scorable(tracks) == tracks[:2] and scorable([]) == []  # 7 frames or more
+
+
+def test_crops_of_several_tracks_in_one_pass_are_each_tracks_own():
+    """Two tracks that overlap in time and one after them: one pass over the frames gives each the crops
+    it gets alone."""
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (120, 200, 3), dtype=np.uint8) for _ in range(36)]
+    tracks = [Track(2, np.array([[10 + i, 20, 60 + i, 80.0] for i in range(20)])),
+              Track(0, np.array([[120, 10 + i / 2, 180, 70 + i / 2] for i in range(12)])),
+              Track(26, np.array([[50, 50, 90, 95.0]] * 8))]
+    outs = [np.zeros((len(t), 224, 224, 3), np.uint8) for t in tracks]
+    crop_tracks(iter(frames), tracks, outs)
+    for track, out in zip(tracks, outs):
+        alone = np.zeros_like(out)
+        crop_tracks(iter(frames), [track], [alone])
+        windows = crop_windows(track)
+        np.testing.assert_array_equal(out, alone)
+        for k in (0, len(track) - 1):
+            np.testing.assert_array_equal(out[k], crop_face(frames[track.first + k], *windows[k]))
 
 
 def test_crop_windows_are_zero_padded_13_frame_medians():
@@ -266,17 +286,15 @@ def test_crops_of_a_real_clip_frame_the_face():
     crop's top and the chin margin below (the reference's framing)."""
     from core.media import iter_frames_at, probe_video
     from models.face_detection import CenterFaceDetector
-    from models.sync_faces import crop_track
-
     centerface = CenterFaceDetector()
     info = probe_video(str(media_file("talk_25fps_844.mp4")))
     frames = list(iter_frames_at(info, Fraction(25)))
     assert len(frames) == info.n_frames
     dets = [np.array([f.box for f in centerface(fr)], np.float64).reshape(-1, 4) for fr in frames[:40]]
-    track = longest(link_tracks(dets))
+    [track] = scorable(link_tracks(dets))
     assert (track.first, len(track)) == (0, 40)
     crops = np.empty((len(track), 224, 224, 3), np.uint8)
-    crop_track(frames, track, crops)
+    crop_tracks(frames, [track], [crops])
     for k in (0, 20, 39):
         (face,) = centerface(crops[k])
         x1, y1, x2, y2 = face.box
