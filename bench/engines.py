@@ -247,16 +247,18 @@ def _faces_then_paste_backs(rounds: int, precision: str) -> dict:
     pin_threads()
     frame, face, m = real_face()
     torch.manual_seed(0)
-    compiled = engines.compile_network(build_gfpgan().eval(), precision)
-    restore_faces(compiled, [face], "cpu")  # first call: set-up, not timed
+    net, engine = build_gfpgan().eval(), engines.resolve_engine("auto", "cpu")
+    if engine == "openvino":
+        net = engines.compile_network(net, precision)
+    restore_faces(net, [face], "cpu", precision=precision)  # first call: set-up, not timed
     faces, pastes = [], []
     for _ in range(rounds):
         t = time.perf_counter()
-        restored = restore_faces(compiled, [face], "cpu")[0]
+        restored = restore_faces(net, [face], "cpu", precision=precision)[0]
         faces.append(time.perf_counter() - t)
         pastes.append(paste_back_time(frame, restored, m))
     return {"threads": torch.get_num_threads(), "opencv_threads": cv2.getNumThreads(), "rounds": rounds,
-            "precision": precision, "s_per_face": statistics.median(faces),
+            "engine": engine, "precision": precision, "s_per_face": statistics.median(faces),
             "paste_back_2x_s": statistics.median(pastes)}
 
 
@@ -289,7 +291,7 @@ def rows(r: dict) -> list[tuple[str, str]]:
     if "worker" in r:
         w = r["worker"]
         out.append(("paste-back at --upscale 2 in a 1-thread Dask worker (the default plan here), right after "
-                    f"each face on OpenVINO {w['precision']}", f"{w['paste_back_2x_s'] * 1e3:.0f} ms/frame = "
+                    f"each face on {w['engine']} {w['precision']}", f"{w['paste_back_2x_s'] * 1e3:.0f} ms/frame = "
                     f"{worker_share(r):.1%} of its face ({w['s_per_face']:.2f} s); median of {w['rounds']}, "
                     f"torch {w['threads']} / OpenCV {w['opencv_threads']} threads, others used "
                     f"{w['others_cores']:.1f} cores"))
@@ -311,8 +313,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()[0]:.1f} at start, {torch.get_num_threads()} threads", flush=True)
+    from models.precision import resolve_precision
+
     r = measure(args.rounds, args.conv_batch)
-    r["worker"] = worker_paste_back(args.rounds, "bf16")
+    r["worker"] = worker_paste_back(args.rounds, resolve_precision("auto", "cpu"))
     for what, value in rows(r):
         print(f"{what}: {value}")
     if args.json:
