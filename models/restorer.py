@@ -256,6 +256,16 @@ def background(frame: np.ndarray, transforms: Sequence[np.ndarray], upscale: int
     return lanczos2x(frame, [r for m in transforms if (r := covered_rect(m, upscale, shape)) is not None])
 
 
+def paste_back(frame: np.ndarray, faces: Sequence[np.ndarray], transforms: Sequence[np.ndarray],
+               upscale: int) -> np.ndarray:
+    """``frame`` at ``upscale`` with its restored ``faces`` (aligned by ``transforms``) pasted on: a new
+    array (the frame itself is not written into)."""
+    canvas = background(frame, transforms, upscale)
+    for face, m in zip(faces, transforms):
+        paste_face(canvas, face, m, upscale)
+    return canvas
+
+
 def eye_distance(landmarks: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(landmarks[0]) - np.asarray(landmarks[1])))
 

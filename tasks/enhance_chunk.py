@@ -14,7 +14,7 @@ from core.stage import Stage
 from core.storage import local_copy
 from models.batching import default_batch
 from models.face_track import FaceTrack, source_index
-from models.restorer import MIN_EYE_DISTANCE, align_face, background, eye_distance, paste_face, restore_faces
+from models.restorer import MIN_EYE_DISTANCE, align_face, eye_distance, paste_back, restore_faces
 
 
 def enhance_chunk(chunk: Chunk, face_track: str, synced: SyncedVideo, out_dir: str | Path,
@@ -58,13 +58,8 @@ def restore_frames(net, device, pending: list[tuple[np.ndarray, list]], opts: Ru
     with every face restored in one network batch and pasted back."""
     crops = [crop for _, aligned in pending for crop, _ in aligned]
     restored = iter(restore_faces(net, crops, device, opts.blend, opts.precision))
-    out = []
-    for frame, aligned in pending:
-        canvas = background(frame, [m for _, m in aligned], opts.upscale)
-        for _, m in aligned:
-            paste_face(canvas, next(restored), m, opts.upscale)
-        out.append(canvas)
-    return out
+    return [paste_back(frame, [next(restored) for _ in aligned], [m for _, m in aligned], opts.upscale)
+            for frame, aligned in pending]
 
 
 def aligned_faces(frame: np.ndarray, track: FaceTrack, src: int, restore: str) -> list:
