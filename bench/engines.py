@@ -157,12 +157,12 @@ def openvino_conv_rate(batch: int, precision: str, repeats: int = 3) -> float | 
 
 def paste_back_time(frame: np.ndarray, restored: np.ndarray, m: np.ndarray) -> float:
     """Seconds of restore_frames's work besides the network at ``--upscale 2`` for one frame with one face,
-    done the way it does it: the frame's 2x Lanczos (but where the face will cover it), then the warp and
-    feathered blend of the face."""
-    from models.restorer import background, paste_face
+    by the function it calls (the frame's 2x Lanczos but where the face will cover it, then the warp and
+    feathered blend of the face)."""
+    from models.restorer import paste_back
 
     t = time.perf_counter()
-    paste_face(background(frame, [m], 2), restored, m, 2)
+    paste_back(frame, [restored], [m], 2)
     return time.perf_counter() - t
 
 
@@ -289,18 +289,21 @@ def rows(r: dict) -> list[tuple[str, str]]:
     out.append(("  conditions", f"median of {r['rounds']} interleaved rounds, {r['threads']} threads; others used "
                 f"{r['others_cores']:.1f} cores meanwhile, load average {r['load_average']:.1f}"))
     if "worker" in r:
-        w = r["worker"]
-        out.append(("paste-back at --upscale 2 in a 1-thread Dask worker (the default plan here), right after "
-                    f"each face on {w['engine']} {w['precision']}", f"{w['paste_back_2x_s'] * 1e3:.0f} ms/frame = "
-                    f"{worker_share(r):.1%} of its face ({w['s_per_face']:.2f} s); median of {w['rounds']}, "
-                    f"torch {w['threads']} / OpenCV {w['opencv_threads']} threads, others used "
-                    f"{w['others_cores']:.1f} cores"))
+        out.append(worker_row(r["worker"]))
     return out
 
 
-def worker_share(r: dict) -> float:
-    """The paste-back's share of a face in the 1-thread worker."""
-    return r["worker"]["paste_back_2x_s"] / r["worker"]["s_per_face"]
+def worker_row(w: dict) -> tuple[str, str]:
+    """(what, value) of :func:`worker_paste_back`'s result for benchmark 3's table."""
+    return ("paste-back at --upscale 2 in a 1-thread Dask worker (the default plan here), right after each face "
+            f"on {w['engine']} {w['precision']}", f"{w['paste_back_2x_s'] * 1e3:.0f} ms/frame = {worker_share(w):.1%} "
+            f"of its face ({w['s_per_face']:.2f} s); median of {w['rounds']}, torch {w['threads']} / OpenCV "
+            f"{w['opencv_threads']} threads, others used {w['others_cores']:.1f} cores")
+
+
+def worker_share(w: dict) -> float:
+    """The paste-back's share of a face in :func:`worker_paste_back`'s result."""
+    return w["paste_back_2x_s"] / w["s_per_face"]
 
 
 def main() -> None:

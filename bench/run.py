@@ -345,7 +345,7 @@ def _bench_floor(cfg: Config, tmp: Path, table: Table, precision: str, out: dict
               f"{fl['gfpgan_flops_per_face'] / 2e9:.1f} GMAC/face (FLOPs = 2 x MACs)")
     table.add("3", f"conv rate ({cfg.conv_batch}x256x56x56, 3x3, {torch.get_num_threads()} threads)",
               ", ".join(f"{p} {r / 1e9:.0f} GFLOP/s" for p, r in rate.items()))
-    from bench.engines import fastest_face, measure, rows, worker_paste_back, worker_share
+    from bench.engines import fastest_face, measure, rows, worker_paste_back, worker_row, worker_share
 
     engines = res["engines"] = measure(cfg.engine_rounds, cfg.conv_batch, rates=rate)
     for what, value in rows(engines):
@@ -353,10 +353,11 @@ def _bench_floor(cfg: Config, tmp: Path, table: Table, precision: str, out: dict
     share = engines["paste_back_2x_s"] / fastest_face(engines)
     table.add("3", f"  paste-back's share of a face ({engines['threads']} threads)", f"{share:.1%}", "< 5%",
               share < 0.05, engines["others_cores"])
-    engines["worker"] = worker_paste_back(cfg.engine_rounds, precision)
-    table.add("3", *rows(engines)[-1])
-    table.add("3", "  paste-back's share of a face (1-thread worker)", f"{worker_share(engines):.1%}", "< 5%",
-              worker_share(engines) < 0.05, engines["worker"]["others_cores"])
+    worker = engines["worker"] = worker_paste_back(cfg.engine_rounds, precision)
+    table.add("3", *worker_row(worker))
+    share = worker_share(worker)
+    table.add("3", "  paste-back's share of a face (1-thread worker)", f"{share:.1%}", "< 5%", share < 0.05,
+              worker["others_cores"])
     w2l_floor = {p: fl["wav2lip_flops_per_frame"] / rate[p] for p in precs}
     gfp_floor = {p: fl["gfpgan_flops_per_face"] / rate[p] for p in precs}
     for p in precs:
